@@ -1,0 +1,129 @@
+// Command dispatch is a drop-in replacement for the PlaceOS dispatch
+// service: device TCP and UDP ports opened on demand for drivers attached
+// over WebSockets, all on one gnet event loop.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/placeos-gnet/dispatch/loop"
+)
+
+// Set at build time with -ldflags "-X main.version=...".
+var (
+	version   = "dev"
+	commit    = "unknown"
+	buildTime = "unknown"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseOptions(args, newEnv(os.LookupEnv), stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "dispatch:", err)
+		return 2
+	}
+	if o.version {
+		fmt.Fprintf(stdout, "dispatch %s (commit %s, built %s, %s)\n", version, commit, buildTime, runtime.Version())
+		return 0
+	}
+	if o.curlURL != "" {
+		return curl(o.curlURL, stderr)
+	}
+
+	log := newLogger(stderr, o.logFormat, o.logLevel)
+	o.cfg.Logger = log
+	o.logConfig(log)
+	if o.secretSrc == "default" {
+		log.Warn("PLACE_SERVER_SECRET is not set: using the default secret \"testing\"; anyone can attach drivers. Set PLACE_SERVER_SECRET in production.")
+	}
+	if limit, err := raiseFileLimit(); err != nil {
+		log.Warn("could not raise the open-file limit", "err", err)
+	} else {
+		log.Debug("open-file limit", "limit", limit)
+	}
+
+	srv, err := loop.New(o.cfg)
+	if err != nil {
+		log.Error("invalid configuration", "err", err)
+		return 2
+	}
+	if err := srv.Start(); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	select {
+	case sig := <-signals:
+		log.Info("shutting down", "signal", sig.String())
+	case <-srv.Done():
+		log.Error("event loop stopped unexpectedly")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Error("shutdown incomplete", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// curl is the container health check: GET the URL, succeed on 200-499.
+func curl(url string, stderr io.Writer) int {
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		fmt.Fprintln(stderr, "dispatch:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 200 && resp.StatusCode < 500 {
+		return 0
+	}
+	fmt.Fprintln(stderr, "dispatch: status", resp.Status)
+	return 1
+}
+
+// raiseFileLimit lifts the soft open-file limit to the hard limit: every
+// device connection is a descriptor.
+func raiseFileLimit() (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, err
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return 0, err
+		}
+	}
+	return lim.Cur, nil
+}

@@ -1,0 +1,71 @@
+package loop
+
+import (
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+)
+
+// handler routes gnet's callbacks to the kind of endpoint each connection
+// carries as its context. Every method runs on the loop except OnTick and
+// OnBoot/OnShutdown, which only post to it.
+type handler struct {
+	gnet.BuiltinEventEngine
+	s *Server
+}
+
+func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	st := h.s.st
+	switch x := c.Context().(type) {
+	case *httpConn:
+		return nil, st.openHTTP(c, x)
+	case *device:
+		return nil, st.openDevice(c, x)
+	}
+	return nil, gnet.None
+}
+
+func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {
+	st := h.s.st
+	switch x := c.Context().(type) {
+	case *device:
+		return st.deviceTraffic(c, x)
+	case *driver:
+		return st.driverTraffic(c, x)
+	case *httpConn:
+		return st.httpTraffic(c, x)
+	}
+	_, _ = c.Discard(-1)
+	return gnet.None
+}
+
+func (h *handler) OnClose(c gnet.Conn, err error) gnet.Action {
+	st := h.s.st
+	switch x := c.Context().(type) {
+	case *device:
+		st.closeDevice(x, err)
+	case *driver:
+		st.closeDriver(x, err)
+	case *httpConn:
+		st.closeHTTP(x)
+	case controlConn:
+		// The loop only closes this connection when it exits, for whatever reason.
+		_ = x.far.Close()
+		close(h.s.loopStopped)
+	}
+	return gnet.None
+}
+
+func (h *handler) OnTick() (time.Duration, gnet.Action) {
+	if h.s.ready.Load() {
+		h.s.post(h.s.st.tick)
+	}
+	return h.s.tickInterval(), gnet.None
+}
+
+// tickInterval is how often the loop sweeps handshake deadlines and
+// publishes counters: fine enough that a deadline is kept to within a
+// quarter of itself.
+func (s *Server) tickInterval() time.Duration {
+	return min(max(s.cfg.HandshakeTimeout/4, 50*time.Millisecond), time.Second)
+}

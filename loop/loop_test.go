@@ -1,0 +1,198 @@
+package loop
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	"github.com/placeos-gnet/dispatch/codec"
+)
+
+// testServer starts a real server on loopback with the given overrides.
+func testServer(t *testing.T, tweak func(*Config)) *Server {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.DeviceHost = "127.0.0.1"
+	cfg.Secret = "s3cret"
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	return s
+}
+
+func freePort(t *testing.T, network string) int {
+	t.Helper()
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+type testDriver struct {
+	t    *testing.T
+	conn net.Conn
+}
+
+func dialDriver(t *testing.T, s *Server, kind string, port int, accept string) *testDriver {
+	t.Helper()
+	url := fmt.Sprintf("ws://%s/api/dispatch/v1/%s_dispatch?port=%d&accept=%s", s.Addr(), kind, port, accept)
+	d := ws.Dialer{Header: ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer s3cret"}}), Timeout: 5 * time.Second}
+	conn, _, _, err := d.Dial(context.Background(), url)
+	if err != nil {
+		t.Fatalf("dial driver: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &testDriver{t: t, conn: conn}
+}
+
+func (d *testDriver) next() codec.Message {
+	d.t.Helper()
+	_ = d.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		b, op, err := wsutil.ReadServerData(d.conn)
+		if err != nil {
+			d.t.Fatalf("driver read: %v", err)
+		}
+		if op != ws.OpBinary {
+			continue
+		}
+		m, err := codec.ParseMessage(b)
+		if err != nil {
+			d.t.Fatalf("bad message % x: %v", b, err)
+		}
+		return m
+	}
+}
+
+func (d *testDriver) send(t codec.MsgType, ip string, id uint64, data []byte) {
+	d.t.Helper()
+	if err := wsutil.WriteClientBinary(d.conn, codec.AppendMessage(nil, t, []byte(ip), id, data)); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func TestTCPRoundTripExactBytes(t *testing.T) {
+	s := testServer(t, nil)
+	port := freePort(t, "tcp")
+	drv := dialDriver(t, s, "tcp", port, "127.0.0.1")
+	dev, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+
+	_ = drv.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	raw, _, err := wsutil.ReadServerData(drv.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := hex.EncodeToString(raw), "00"+"3132372e302e302e31"+"00"+"0000000000000000"+"00000000"; got != want {
+		t.Fatalf("OPENED = %s, want %s", got, want)
+	}
+	if _, err := dev.Write([]byte("testing")); err != nil {
+		t.Fatal(err)
+	}
+	raw, _, err = wsutil.ReadServerData(drv.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := hex.EncodeToString(raw), "02"+"3132372e302e302e31"+"00"+"0000000000000000"+"00000007"+"74657374696e67"; got != want {
+		t.Fatalf("RECEIVED = %s, want %s", got, want)
+	}
+	drv.send(codec.Write, "127.0.0.1", 0, []byte("reply"))
+	buf := make([]byte, 5)
+	_ = dev.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(dev, buf); err != nil || string(buf) != "reply" {
+		t.Fatalf("device got %q, %v", buf, err)
+	}
+	drv.send(codec.Close, "127.0.0.1", 0, nil)
+	if m := drv.next(); m.Type != codec.Closed || m.ID != 0 {
+		t.Fatalf("want CLOSED id 0, got %v id %d", m.Type, m.ID)
+	}
+	if _, err := dev.Read(buf); err == nil {
+		t.Fatal("device still open after CLOSE")
+	}
+}
+
+func TestUDPRoundTrip(t *testing.T) {
+	s := testServer(t, nil)
+	port := freePort(t, "udp")
+	drv := dialDriver(t, s, "udp", port, "127.0.0.1")
+	peer, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+	if _, err := peer.WriteTo(nil, dst); err != nil { // zero-length: ignored
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("x"), 32<<10)
+	if _, err := peer.WriteTo(big, dst); err != nil {
+		t.Fatal(err)
+	}
+	m := drv.next()
+	if m.Type != codec.Received || int(m.ID) != peer.LocalAddr().(*net.UDPAddr).Port || !bytes.Equal(m.Data, big) {
+		t.Fatalf("unexpected %v id %d len %d", m.Type, m.ID, len(m.Data))
+	}
+	drv.send(codec.Write, "127.0.0.1", m.ID, []byte("pong"))
+	buf := make([]byte, 100)
+	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err := peer.ReadFromUDP(buf)
+	if err != nil || string(buf[:n]) != "pong" || from.Port != port {
+		t.Fatalf("peer got %q from %v: %v", buf[:n], from, err)
+	}
+}
+
+func TestMalformedMessageClosesWith1007(t *testing.T) {
+	s := testServer(t, nil)
+	port := freePort(t, "tcp")
+	drv := dialDriver(t, s, "tcp", port, "127.0.0.1")
+	if err := wsutil.WriteClientBinary(drv.conn, []byte{3, '1', '2'}); err != nil {
+		t.Fatal(err)
+	}
+	_ = drv.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _, err := wsutil.ReadServerData(drv.conn)
+	var closed wsutil.ClosedError
+	if !errorAs(err, &closed) || closed.Code != ws.StatusInvalidFramePayloadData {
+		t.Fatalf("want close 1007, got %v", err)
+	}
+	waitFor(t, func() bool { return strings.Contains(statsOf(t, s), `"tcp_listeners":{}`) })
+}

@@ -1,0 +1,132 @@
+package loop
+
+import (
+	"context"
+
+	"github.com/gobwas/ws"
+
+	"github.com/placeos-gnet/dispatch/codec"
+)
+
+// outbox collects the frames produced during one pass of the event loop and
+// writes them out once per driver at the end of it. A frame is encoded once
+// into the arena however many drivers receive it; each driver holds spans of
+// the arena, and spans that happen to be adjacent are merged, so a driver
+// that hears everything gets one contiguous write.
+type outbox struct {
+	arena     []byte
+	dirty     []*driver
+	iov       [][]byte
+	scheduled bool
+}
+
+// arenaFlushBytes bounds the arena: past it the outbox is flushed at once
+// rather than at the end of the pass.
+const arenaFlushBytes = 4 << 20
+
+// span is a byte range of the arena.
+type span struct{ start, end int }
+
+// appendDispatchFrame encodes a binary frame holding one dispatch message
+// and returns its span in the arena.
+func (o *outbox) appendDispatchFrame(t codec.MsgType, ip []byte, id uint64, data []byte) (int, int) {
+	start := len(o.arena)
+	o.arena = codec.AppendFrameHeader(o.arena, ws.OpBinary, codec.HeaderLen(len(ip))+len(data))
+	o.arena = codec.AppendHeader(o.arena, t, ip, id, len(data))
+	o.arena = append(o.arena, data...)
+	return start, len(o.arena)
+}
+
+// appendFrame encodes a frame of any opcode (pong, close) for one driver.
+func (o *outbox) appendFrame(op ws.OpCode, payload []byte) (int, int) {
+	start := len(o.arena)
+	o.arena = codec.AppendFrame(o.arena, op, payload)
+	return start, len(o.arena)
+}
+
+// queue adds a span to a driver's pending output.
+func (st *state) queue(d *driver, start, end int) {
+	if d.closing {
+		return
+	}
+	if n := len(d.spans); n > 0 && d.spans[n-1].end == start {
+		d.spans[n-1].end = end
+	} else {
+		d.spans = append(d.spans, span{start, end})
+	}
+	d.pendingBytes += end - start
+	st.c.FramesToDrivers++
+	if !d.dirty {
+		d.dirty = true
+		st.out.dirty = append(st.out.dirty, d)
+	}
+}
+
+// scheduleFlush arranges for the outbox to be written at the end of this
+// pass of the loop (gnet runs posted tasks after it has handled the ready
+// sockets), or at once if the arena has grown past its bound.
+func (st *state) scheduleFlush() {
+	if len(st.out.arena) >= arenaFlushBytes {
+		st.flush()
+		return
+	}
+	if !st.out.scheduled {
+		st.out.scheduled = true
+		if err := st.s.el.Execute(context.Background(), st.flushTask); err != nil {
+			st.out.scheduled = false
+			st.flush()
+		}
+	}
+}
+
+// flush writes every dirty driver's spans with one write or writev. Writing
+// can close a driver (gnet calls OnClose inside Write on error), which can
+// close devices and queue CLOSED frames: the loop walks the dirty list by
+// index so those are flushed in the same pass.
+func (st *state) flush() {
+	o := &st.out
+	for i := 0; i < len(o.dirty); i++ {
+		d := o.dirty[i]
+		if !st.writePending(d) {
+			st.c.SlowDriverCuts++
+			st.log.Warn("driver not keeping up, closing it", "peer", d.peer, "port", d.port(),
+				"pending_bytes", d.conn.OutboundBuffered(), "limit", st.cfg.MaxDriverPending)
+			st.cutDriver(d, ws.StatusPolicyViolation, "too slow: pending output limit reached")
+		}
+	}
+	o.dirty = o.dirty[:0]
+	o.arena = o.arena[:0]
+}
+
+// writePending writes a driver's queued spans. It reports false, writing
+// nothing, when that would take the driver past its pending-output bound.
+func (st *state) writePending(d *driver) bool {
+	o := &st.out
+	if !d.dirty {
+		return true
+	}
+	d.dirty = false
+	spans, pending := d.spans, d.pendingBytes
+	d.spans, d.pendingBytes = d.spans[:0], 0
+	if d.closing || pending == 0 {
+		return true
+	}
+	if d.conn.OutboundBuffered()+pending > st.cfg.MaxDriverPending {
+		return false
+	}
+	iov := o.iov[:0]
+	for _, s := range spans {
+		iov = append(iov, o.arena[s.start:s.end])
+	}
+	st.c.Flushes++
+	st.c.BytesToDrivers += uint64(pending)
+	if len(iov) == 1 {
+		_, _ = d.conn.Write(iov[0])
+	} else {
+		// gnet trims the slice it is given; it is rebuilt for every driver.
+		_, _ = d.conn.Writev(iov)
+	}
+	clear(iov)
+	o.iov = iov[:0]
+	return true
+}

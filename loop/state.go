@@ -1,0 +1,86 @@
+package loop
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/placeos-gnet/dispatch/stats"
+)
+
+// state is everything the loop owns. Only the loop goroutine touches it.
+type state struct {
+	s   *Server
+	cfg *Config
+	log *slog.Logger
+
+	tcp     map[int]*channel // device TCP ports, by port
+	udp     map[int]*channel // device UDP ports, by port
+	drivers map[*driver]struct{}
+
+	handshakes  map[*httpConn]gnet.Conn // connections still sending a request head
+	deviceConns int                     // device TCP connections on every port
+
+	out       outbox
+	flushTask gnet.Runnable
+	targets   []*driver // scratch for per-datagram routing
+
+	c   stats.Counters
+	now time.Time // coarse clock, refreshed every tick
+}
+
+func newState(s *Server) *state {
+	st := &state{
+		s:          s,
+		cfg:        &s.cfg,
+		log:        s.log,
+		tcp:        make(map[int]*channel),
+		udp:        make(map[int]*channel),
+		drivers:    make(map[*driver]struct{}),
+		handshakes: make(map[*httpConn]gnet.Conn),
+		now:        time.Now(),
+	}
+	st.flushTask = gnet.RunnableFunc(func(context.Context) error {
+		st.out.scheduled = false
+		st.flush()
+		return nil
+	})
+	return st
+}
+
+// tick runs on the loop a few times a second: it expires handshakes that
+// missed their deadline and publishes the counters.
+func (st *state) tick() {
+	st.now = time.Now()
+	deadline := st.now.Add(-st.cfg.HandshakeTimeout)
+	for h, c := range st.handshakes {
+		if h.born.Before(deadline) {
+			st.c.HandshakeTimeouts++
+			st.c.HandshakeFailures++
+			st.log.Debug("handshake deadline passed, closing", "peer", h.peer)
+			_ = st.s.el.Close(c)
+		}
+	}
+	published := st.c
+	st.s.published.Store(&published)
+}
+
+// shutdown closes every device port and sends close 1001 to every driver.
+func (st *state) shutdown() {
+	for _, ch := range st.tcp {
+		st.closeChannel(ch)
+	}
+	for _, ch := range st.udp {
+		st.closeChannel(ch)
+	}
+	for d := range st.drivers {
+		st.cutDriver(d, ws.StatusGoingAway, "server shutting down")
+	}
+	for _, c := range st.handshakes {
+		_ = st.s.el.Close(c)
+	}
+	st.flush()
+}

@@ -1,0 +1,85 @@
+// Package stats holds the loop's counters and renders the dispatch stats
+// document. Counters are plain integers written only by the event loop; the
+// loop publishes a copy periodically for readers on other goroutines.
+package stats
+
+import (
+	"slices"
+	"strconv"
+)
+
+// Counters are the cumulative event counts of one server. Only the event
+// loop writes them.
+type Counters struct {
+	DriversAccepted     uint64
+	DriversClosed       uint64
+	DevicesAccepted     uint64
+	DevicesClosed       uint64
+	DevicesRefusedIP    uint64 // TCP peer not on any accept list
+	DevicesRefusedCap   uint64 // per-port or total connection cap reached
+	DevicesRefusedStale uint64 // arrived after its port closed
+	DatagramsIn         uint64
+	DatagramsRefusedIP  uint64
+	DatagramsEmpty      uint64
+	DatagramsDropped    uint64 // reader queue full (counted off-loop, folded in on publish)
+	DatagramsOut        uint64
+	DatagramsOutDropped uint64 // socket buffer full or bad destination
+	BytesFromDevices    uint64
+	BytesToDevices      uint64
+	FramesToDrivers     uint64
+	BytesToDrivers      uint64
+	MessagesFromDrivers uint64
+	BytesFromDrivers    uint64
+	SlowDriverCuts      uint64 // close 1008: pending output past its bound
+	SlowDeviceCuts      uint64 // device pending WRITE bytes past its bound
+	OversizeMessages    uint64 // close 1009
+	MalformedMessages   uint64 // close 1007
+	ProtocolErrors      uint64 // close 1002
+	HandshakeFailures   uint64 // any HTTP request answered with a 4xx, or timed out
+	HandshakeTimeouts   uint64
+	HeadTooLarge        uint64
+	AcceptErrors        uint64
+	PortsOpened         uint64
+	PortsClosed         uint64
+	Flushes             uint64
+}
+
+// PortCount is one entry of a stats map: a port and a count for it.
+type PortCount struct {
+	Port  int
+	Count int
+}
+
+// Dispatch is the state behind GET /api/dispatch/v1.
+type Dispatch struct {
+	UDPListeners []PortCount
+	TCPListeners []PortCount
+	TCPClients   []PortCount
+}
+
+// AppendJSON renders the stats document with the original's key order and
+// ports as decimal strings, ports ascending.
+func (d *Dispatch) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"udp_listeners":`...)
+	dst = appendPortMap(dst, d.UDPListeners)
+	dst = append(dst, `,"tcp_listeners":`...)
+	dst = appendPortMap(dst, d.TCPListeners)
+	dst = append(dst, `,"tcp_clients":`...)
+	dst = appendPortMap(dst, d.TCPClients)
+	return append(dst, '}')
+}
+
+func appendPortMap(dst []byte, entries []PortCount) []byte {
+	slices.SortFunc(entries, func(a, b PortCount) int { return a.Port - b.Port })
+	dst = append(dst, '{')
+	for i, e := range entries {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '"')
+		dst = strconv.AppendInt(dst, int64(e.Port), 10)
+		dst = append(dst, `":`...)
+		dst = strconv.AppendInt(dst, int64(e.Count), 10)
+	}
+	return append(dst, '}')
+}
