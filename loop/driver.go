@@ -14,7 +14,7 @@ import (
 // driver is a WebSocket session registered on one channel: an upstream that
 // hears the channel's members multiplexed and can write to or close them.
 type driver struct {
-	conn   gnet.Conn
+	sink
 	peer   string
 	module string // X-Module-ID, for logs
 	accept acceptList
@@ -26,13 +26,17 @@ type driver struct {
 	fragOp     ws.OpCode
 	frag       *bytebufferpool.ByteBuffer // a fragmented message being reassembled
 
-	// output
-	spans        []span
-	pendingBytes int
-	dirty        bool
-	closing      bool
-
 	warnedBadWrite bool // one warning per session for unsendable UDP WRITEs
+}
+
+func (d *driver) output() *sink { return &d.sink }
+
+// cutSlow closes a driver whose pending output passed its bound: 1008.
+func (d *driver) cutSlow(st *state) {
+	st.c.SlowDriverCuts++
+	st.log.Warn("driver not keeping up, closing it", "peer", d.peer, "port", d.port(),
+		"pending_bytes", d.conn.OutboundBuffered(), "limit", st.cfg.MaxDriverPending)
+	st.cutDriver(d, ws.StatusPolicyViolation, "too slow: pending output limit reached")
 }
 
 func (d *driver) port() int {
@@ -203,7 +207,7 @@ func (st *state) sendClose(d *driver, code ws.StatusCode, reason string) {
 	if d.closing {
 		return
 	}
-	_ = st.writePending(d)
+	_ = st.writePending(&d.sink)
 	d.closing = true
 	var frame [2 + 2 + ws.MaxControlFramePayloadSize]byte
 	var b []byte

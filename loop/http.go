@@ -188,7 +188,7 @@ func (st *state) upgradeDriver(c gnet.Conn, h *httpConn, req *http.Request, head
 	delete(st.handshakes, h)
 	_, _ = c.Write(answer.Bytes())
 	d := &driver{
-		conn:   c,
+		sink:   sink{conn: c},
 		peer:   h.peer,
 		accept: accept,
 		module: req.Header.Get("X-Module-ID"),

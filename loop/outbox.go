@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
 
 	"github.com/placeos-gnet/dispatch/codec"
 )
@@ -15,7 +16,7 @@ import (
 // that hears everything gets one contiguous write.
 type outbox struct {
 	arena     []byte
-	dirty     []*driver
+	dirty     []outlet
 	iov       [][]byte
 	scheduled bool
 }
@@ -44,8 +45,26 @@ func (o *outbox) appendFrame(op ws.OpCode, payload []byte) (int, int) {
 	return start, len(o.arena)
 }
 
-// queue adds a span to a driver's pending output.
-func (st *state) queue(d *driver, start, end int) {
+// sink is the pending output of one endpoint the outbox writes to.
+type sink struct {
+	conn         gnet.Conn
+	spans        []span
+	pendingBytes int
+	dirty        bool
+	closing      bool
+}
+
+// outlet is an endpoint with a sink: a driver's WebSocket, or a raw socket
+// that hears other members directly. cutSlow ends it when it falls too far
+// behind, in whatever way its protocol prescribes.
+type outlet interface {
+	output() *sink
+	cutSlow(st *state)
+}
+
+// queue adds a span to an outlet's pending output.
+func (st *state) queue(o outlet, start, end int) {
+	d := o.output()
 	if d.closing {
 		return
 	}
@@ -58,7 +77,7 @@ func (st *state) queue(d *driver, start, end int) {
 	st.c.FramesToDrivers++
 	if !d.dirty {
 		d.dirty = true
-		st.out.dirty = append(st.out.dirty, d)
+		st.out.dirty = append(st.out.dirty, o)
 	}
 }
 
@@ -86,21 +105,17 @@ func (st *state) scheduleFlush() {
 func (st *state) flush() {
 	o := &st.out
 	for i := 0; i < len(o.dirty); i++ {
-		d := o.dirty[i]
-		if !st.writePending(d) {
-			st.c.SlowDriverCuts++
-			st.log.Warn("driver not keeping up, closing it", "peer", d.peer, "port", d.port(),
-				"pending_bytes", d.conn.OutboundBuffered(), "limit", st.cfg.MaxDriverPending)
-			st.cutDriver(d, ws.StatusPolicyViolation, "too slow: pending output limit reached")
+		if !st.writePending(o.dirty[i].output()) {
+			o.dirty[i].cutSlow(st)
 		}
 	}
 	o.dirty = o.dirty[:0]
 	o.arena = o.arena[:0]
 }
 
-// writePending writes a driver's queued spans. It reports false, writing
-// nothing, when that would take the driver past its pending-output bound.
-func (st *state) writePending(d *driver) bool {
+// writePending writes a sink's queued spans. It reports false, writing
+// nothing, when that would take it past its pending-output bound.
+func (st *state) writePending(d *sink) bool {
 	o := &st.out
 	if !d.dirty {
 		return true
