@@ -70,7 +70,8 @@ func (st *state) deviceTraffic(c gnet.Conn, dv *device) gnet.Action {
 	if !dv.open || len(data) == 0 {
 		return gnet.None
 	}
-	st.c.BytesFromDevices += uint64(len(data))
+	st.c.TCPReads++
+	st.c.TCPBytesIn += uint64(len(data))
 	st.emitToInterested(dv, codec.Received, data)
 	return gnet.None
 }
@@ -138,6 +139,7 @@ func (st *state) writeToDevice(dv *device, data []byte) {
 		st.dropDevice(dv)
 		return
 	}
-	st.c.BytesToDevices += uint64(len(data))
+	st.c.TCPWrites++
+	st.c.TCPBytesOut += uint64(len(data))
 	_, _ = dv.conn.Write(data)
 }

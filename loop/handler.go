@@ -58,7 +58,8 @@ func (h *handler) OnClose(c gnet.Conn, err error) gnet.Action {
 
 func (h *handler) OnTick() (time.Duration, gnet.Action) {
 	if h.s.ready.Load() {
-		h.s.post(h.s.st.tick)
+		posted := time.Now()
+		h.s.post(func() { h.s.st.tick(posted) })
 	}
 	return h.s.tickInterval(), gnet.None
 }

@@ -73,7 +73,7 @@ type Server struct {
 	httpLn net.Listener
 
 	// published is a copy of the loop's counters for other goroutines.
-	published     atomic.Pointer[stats.Counters]
+	published     atomic.Pointer[stats.Snapshot]
 	udpDropped    atomic.Uint64 // datagrams dropped by UDP readers (queue full)
 	udpEmpty      atomic.Uint64 // zero-length datagrams ignored by UDP readers
 	acceptErrors  atomic.Uint64
@@ -115,7 +115,7 @@ func New(cfg Config) (*Server, error) {
 		loopStopped: make(chan struct{}),
 	}
 	s.st = newState(s)
-	s.published.Store(&stats.Counters{})
+	s.published.Store(&stats.Snapshot{})
 	return s, nil
 }
 
@@ -191,13 +191,14 @@ func (s *Server) attachControlConn() error {
 // Addr is the bound HTTP address.
 func (s *Server) Addr() net.Addr { return s.httpLn.Addr() }
 
-// Counters returns the latest published copy of the loop's counters.
-func (s *Server) Counters() stats.Counters {
-	c := *s.published.Load()
-	c.DatagramsDropped += s.udpDropped.Load()
-	c.DatagramsEmpty += s.udpEmpty.Load()
-	c.AcceptErrors += s.acceptErrors.Load()
-	return c
+// Snapshot returns the loop's latest published counters and gauges (a few
+// hundred milliseconds old at most), with the counts kept off the loop.
+func (s *Server) Snapshot() stats.Snapshot {
+	snap := *s.published.Load()
+	snap.DatagramsDropped += s.udpDropped.Load()
+	snap.DatagramsEmpty += s.udpEmpty.Load()
+	snap.AcceptErrors += s.acceptErrors.Load()
+	return snap
 }
 
 // Done is closed when the event loop has stopped.

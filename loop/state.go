@@ -29,6 +29,7 @@ type state struct {
 	targets   []*driver // scratch for per-datagram routing
 
 	c   stats.Counters
+	lag stats.LagHistogram
 	now time.Time // coarse clock, refreshed every tick
 }
 
@@ -52,9 +53,11 @@ func newState(s *Server) *state {
 }
 
 // tick runs on the loop a few times a second: it expires handshakes that
-// missed their deadline and publishes the counters.
-func (st *state) tick() {
+// missed their deadline and publishes the counters. posted is when the
+// ticker asked for it, so the wait measures the loop's lag.
+func (st *state) tick(posted time.Time) {
 	st.now = time.Now()
+	st.lag.Observe(st.now.Sub(posted).Seconds())
 	deadline := st.now.Add(-st.cfg.HandshakeTimeout)
 	for h, c := range st.handshakes {
 		if h.born.Before(deadline) {
@@ -64,8 +67,16 @@ func (st *state) tick() {
 			_ = st.s.el.Close(c)
 		}
 	}
-	published := st.c
-	st.s.published.Store(&published)
+	st.s.published.Store(&stats.Snapshot{
+		Counters: st.c,
+		Gauges: stats.Gauges{
+			TCPPortsOpen: len(st.tcp),
+			UDPPortsOpen: len(st.udp),
+			Drivers:      len(st.drivers),
+			DeviceConns:  st.deviceConns,
+		},
+		Lag: st.lag,
+	})
 }
 
 // shutdown closes every device port and sends close 1001 to every driver.

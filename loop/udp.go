@@ -153,7 +153,7 @@ func (st *state) routeDatagram(u *udpPort, dg datagram) {
 	ch := u.ch
 	ip := dg.from.Addr().Unmap().WithZone("")
 	st.c.DatagramsIn++
-	st.c.BytesFromDevices += uint64(dg.buf.Len())
+	st.c.UDPBytesIn += uint64(dg.buf.Len())
 	targets := st.targets[:0]
 	for _, d := range ch.upstreams {
 		if d.accept.contains(ip) {
@@ -202,7 +202,7 @@ func (st *state) sendDatagram(d *driver, ipText []byte, port uint64, data []byte
 		return
 	}
 	st.c.DatagramsOut++
-	st.c.BytesToDevices += uint64(len(data))
+	st.c.UDPBytesOut += uint64(len(data))
 }
 
 func (st *state) closeUDP(u *udpPort) {

@@ -24,8 +24,12 @@ type Counters struct {
 	DatagramsDropped    uint64 // reader queue full (counted off-loop, folded in on publish)
 	DatagramsOut        uint64
 	DatagramsOutDropped uint64 // socket buffer full or bad destination
-	BytesFromDevices    uint64
-	BytesToDevices      uint64
+	TCPReads            uint64 // device reads, each one RECEIVED
+	TCPBytesIn          uint64
+	TCPWrites           uint64 // driver WRITEs carried to devices
+	TCPBytesOut         uint64
+	UDPBytesIn          uint64
+	UDPBytesOut         uint64
 	FramesToDrivers     uint64
 	BytesToDrivers      uint64
 	MessagesFromDrivers uint64
@@ -42,6 +46,43 @@ type Counters struct {
 	PortsOpened         uint64
 	PortsClosed         uint64
 	Flushes             uint64
+}
+
+// Gauges are the loop's current sizes.
+type Gauges struct {
+	TCPPortsOpen int
+	UDPPortsOpen int
+	Drivers      int
+	DeviceConns  int
+}
+
+// LagBuckets are the upper bounds, in seconds, of the loop-lag histogram.
+var LagBuckets = [...]float64{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1}
+
+// LagHistogram records how long work posted to the loop waited before it
+// ran: the time one pass of the loop takes, as a client experiences it.
+type LagHistogram struct {
+	Counts [len(LagBuckets) + 1]uint64 // per bucket; the last is +Inf
+	Sum    float64
+	Total  uint64
+}
+
+// Observe adds one lag sample in seconds.
+func (h *LagHistogram) Observe(seconds float64) {
+	i := 0
+	for i < len(LagBuckets) && seconds > LagBuckets[i] {
+		i++
+	}
+	h.Counts[i]++
+	h.Sum += seconds
+	h.Total++
+}
+
+// Snapshot is what the loop publishes for readers on other goroutines.
+type Snapshot struct {
+	Counters
+	Gauges
+	Lag LagHistogram
 }
 
 // PortCount is one entry of a stats map: a port and a count for it.

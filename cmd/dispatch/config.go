@@ -53,6 +53,7 @@ type setting struct {
 type options struct {
 	cfg       loop.Config
 	curlURL   string
+	metrics   string
 	version   bool
 	logFormat string
 	logLevel  slog.Level
@@ -79,6 +80,7 @@ func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
 	add(setting{"max-device-pending", "", "DISPATCH_MAX_DEVICE_PENDING", "unsent WRITE bytes per device; past it the device is closed", false, (*intValue)(&o.cfg.MaxDevicePending)})
 	add(setting{"max-port-conns", "", "DISPATCH_MAX_PORT_CONNS", "device connections per TCP port", false, (*intValue)(&o.cfg.MaxPortConns)})
 	add(setting{"max-conns", "", "DISPATCH_MAX_CONNS", "device connections in total", false, (*intValue)(&o.cfg.MaxConns)})
+	add(setting{"metrics", "", "DISPATCH_METRICS_ADDR", "Prometheus /metrics and pprof listener, e.g. 9100 (loopback) or 0.0.0.0:9100; empty: off", false, (*stringValue)(&o.metrics)})
 	add(setting{"udp-queue-bytes", "", "DISPATCH_UDP_QUEUE_BYTES", "datagram bytes queued per UDP port before dropping", false, (*intValue)(&o.cfg.UDPQueueBytes)})
 
 	for _, s := range o.settings {

@@ -69,6 +69,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	var metrics *http.Server
+	if o.metrics != "" {
+		if metrics, err = serveMetrics(o.metrics, srv, log); err != nil {
+			log.Error("cannot start the metrics listener", "addr", o.metrics, "err", err)
+			_ = srv.Shutdown(context.Background())
+			return 1
+		}
+	}
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	select {
@@ -80,6 +88,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancel()
+	stopMetrics(ctx, metrics)
 	if err := srv.Shutdown(ctx); err != nil {
 		log.Error("shutdown incomplete", "err", err)
 		return 1
