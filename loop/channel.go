@@ -27,13 +27,26 @@ func (p proto) String() string {
 	return "tcp"
 }
 
+// policy says where a channel's member payload goes.
+type policy uint8
+
+const (
+	// toUpstreams: a dispatch port; members are heard by the drivers that admit them.
+	toUpstreams policy = iota
+	// toMembers: a socket group; members are heard by every other member and
+	// by the drivers that admit them.
+	toMembers
+)
+
 // channel is a fan-out set: a device port whose members (device connections
 // or UDP peers) produce payloads and whose upstreams (driver sessions) hear
-// the members their accept list admits. It exists exactly while it has at
-// least one upstream.
+// the members their accept list admits. A dispatch port exists exactly while
+// it has at least one upstream; a socket group outlives its upstreams.
 type channel struct {
 	proto     proto
 	port      int
+	policy    policy
+	group     *socketGroup // socket groups only
 	upstreams []*driver
 	// version changes whenever upstreams change, so cached per-member
 	// routing can tell it is stale.
@@ -140,6 +153,11 @@ func (st *state) unregisterDriver(d *driver) {
 	ch.version++
 	st.log.Info("driver left", "proto", ch.proto.String(), "port", ch.port, "peer", d.peer)
 	if ch.closed {
+		return
+	}
+	if ch.policy == toMembers {
+		// Members joined the group, not a session: they stay.
+		st.forgetIdleGroup(ch)
 		return
 	}
 	if len(ch.upstreams) == 0 {

@@ -169,6 +169,10 @@ func (st *state) driverMessage(d *driver, op ws.OpCode, payload []byte) gnet.Act
 	st.c.MessagesFromDrivers++
 	st.c.BytesFromDrivers += uint64(len(payload))
 	ch := d.ch
+	if ch.policy == toMembers {
+		st.groupDriverMessage(d, msg)
+		return gnet.None
+	}
 	switch msg.Type {
 	case codec.Write:
 		if ch.proto == protoUDP {

@@ -21,6 +21,8 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return nil, st.openHTTP(c, x)
 	case *device:
 		return nil, st.openDevice(c, x)
+	case *groupMember:
+		return nil, st.openGroupMember(c, x)
 	}
 	return nil, gnet.None
 }
@@ -34,6 +36,8 @@ func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {
 		return st.driverTraffic(c, x)
 	case *httpConn:
 		return st.httpTraffic(c, x)
+	case *groupMember:
+		return st.groupMemberTraffic(c, x)
 	}
 	_, _ = c.Discard(-1)
 	return gnet.None
@@ -48,6 +52,8 @@ func (h *handler) OnClose(c gnet.Conn, err error) gnet.Action {
 		st.closeDriver(x, err)
 	case *httpConn:
 		st.closeHTTP(x)
+	case *groupMember:
+		st.closeGroupMember(x)
 	case controlConn:
 		// The loop only closes this connection when it exits, for whatever reason.
 		_ = x.far.Close()
@@ -64,9 +70,9 @@ func (h *handler) OnTick() (time.Duration, gnet.Action) {
 	return h.s.tickInterval(), gnet.None
 }
 
-// tickInterval is how often the loop sweeps handshake deadlines and
-// publishes counters: fine enough that a deadline is kept to within a
-// quarter of itself.
+// tickInterval is how often the loop sweeps handshake and group join
+// deadlines and publishes counters: fine enough that a deadline is kept to
+// within a quarter of itself.
 func (s *Server) tickInterval() time.Duration {
-	return min(max(s.cfg.HandshakeTimeout/4, 50*time.Millisecond), time.Second)
+	return min(max(min(s.cfg.HandshakeTimeout, s.cfg.GroupJoinTimeout)/4, 50*time.Millisecond), time.Second)
 }

@@ -108,6 +108,13 @@ func (st *state) route(c gnet.Conn, h *httpConn, req *http.Request, head []byte)
 		return st.upgradeDriver(c, h, req, head, protoTCP)
 	case "/udp_dispatch":
 		return st.upgradeDriver(c, h, req, head, protoUDP)
+	case "/group_dispatch":
+		return st.upgradeGroupDriver(c, h, req, head)
+	case "/groups":
+		if !st.authorised(req) {
+			return st.unauthorised(c, h)
+		}
+		return st.respond(c, h, http.StatusOK, "application/json", st.groupsJSON())
 	}
 	return st.refuse(c, h, http.StatusNotFound, "not found")
 }

@@ -38,6 +38,14 @@ func (o *outbox) appendDispatchFrame(t codec.MsgType, ip []byte, id uint64, data
 	return start, len(o.arena)
 }
 
+// appendRaw copies bytes for raw sockets (socket-group members) into the
+// arena unframed and returns their span.
+func (o *outbox) appendRaw(data []byte) (int, int) {
+	start := len(o.arena)
+	o.arena = append(o.arena, data...)
+	return start, len(o.arena)
+}
+
 // appendFrame encodes a frame of any opcode (pong, close) for one driver.
 func (o *outbox) appendFrame(op ws.OpCode, payload []byte) (int, int) {
 	start := len(o.arena)
@@ -52,6 +60,9 @@ type sink struct {
 	pendingBytes int
 	dirty        bool
 	closing      bool
+	// member marks a raw socket-group member rather than a driver: it is
+	// bound by MaxMemberPending and counted apart.
+	member bool
 }
 
 // outlet is an endpoint with a sink: a driver's WebSocket, or a raw socket
@@ -74,7 +85,11 @@ func (st *state) queue(o outlet, start, end int) {
 		d.spans = append(d.spans, span{start, end})
 	}
 	d.pendingBytes += end - start
-	st.c.FramesToDrivers++
+	if d.member {
+		st.c.GroupChunksToMembers++
+	} else {
+		st.c.FramesToDrivers++
+	}
 	if !d.dirty {
 		d.dirty = true
 		st.out.dirty = append(st.out.dirty, o)
@@ -126,7 +141,11 @@ func (st *state) writePending(d *sink) bool {
 	if d.closing || pending == 0 {
 		return true
 	}
-	if d.conn.OutboundBuffered()+pending > st.cfg.MaxDriverPending {
+	limit := st.cfg.MaxDriverPending
+	if d.member {
+		limit = st.cfg.MaxMemberPending
+	}
+	if d.conn.OutboundBuffered()+pending > limit {
 		return false
 	}
 	iov := o.iov[:0]
@@ -134,7 +153,11 @@ func (st *state) writePending(d *sink) bool {
 		iov = append(iov, o.arena[s.start:s.end])
 	}
 	st.c.Flushes++
-	st.c.BytesToDrivers += uint64(pending)
+	if d.member {
+		st.c.GroupBytesToMembers += uint64(pending)
+	} else {
+		st.c.BytesToDrivers += uint64(pending)
+	}
 	if len(iov) == 1 {
 		_, _ = d.conn.Write(iov[0])
 	} else {

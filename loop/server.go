@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,8 +34,21 @@ type Config struct {
 	MaxPortConns     int           // device connections per TCP port
 	MaxConns         int           // device connections in total
 	UDPQueueBytes    int           // datagram bytes queued per UDP port between reader and loop
-	Version          Version
-	Logger           *slog.Logger
+
+	// Socket groups (see group.go). The listeners are off while their address is empty.
+	MaxMemberPending  int              // unsent bytes per TCP group member (member closed past it)
+	GroupTCPAddr      string           // TCP group listener: host:port, or a bare port on DeviceHost
+	GroupUDPAddr      string           // UDP group port, likewise; its port number is the UDP group's id
+	GroupPrefix       string           // what a member's join message starts with
+	GroupJoinTimeout  time.Duration    // time a TCP member has to join
+	GroupIDMaxLen     int              // longest group id, in bytes
+	GroupUDPOpen      bool             // forward datagrams from senders that are not members too
+	GroupUDPIdle      time.Duration    // a UDP member silent for this long is forgotten
+	GroupTCPPreconfig []GroupHost      // hosts whose TCP connections join a group without the prefix
+	GroupUDPPreconfig []netip.AddrPort // UDP members from the start, never forgotten
+
+	Version Version
+	Logger  *slog.Logger
 }
 
 // Version is what GET .../version reports.
@@ -58,6 +72,11 @@ func DefaultConfig() Config {
 		MaxPortConns:     20000,
 		MaxConns:         100000,
 		UDPQueueBytes:    8 << 20,
+		MaxMemberPending: 4 << 20,
+		GroupPrefix:      "SOCKETFORWARDER-NEW:",
+		GroupJoinTimeout: 5 * time.Second,
+		GroupIDMaxLen:    128,
+		GroupUDPIdle:     5 * time.Minute,
 	}
 }
 
@@ -71,6 +90,8 @@ type Server struct {
 	ctrl   gnet.Conn      // an internal connection whose only use is its EventLoop handle
 	el     gnet.EventLoop // the loop; Execute posts work to it from other goroutines
 	httpLn net.Listener
+
+	groupTCPAddr, groupUDPAddr net.Addr // bound group listeners, set by Start
 
 	// published is a copy of the loop's counters for other goroutines.
 	published     atomic.Pointer[stats.Snapshot]
@@ -108,6 +129,9 @@ func New(cfg Config) (*Server, error) {
 	case cfg.UDPQueueBytes < 64<<10:
 		return nil, errors.New("udp queue bytes must be at least 64 KiB")
 	}
+	if err := cfg.checkGroups(); err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:         cfg,
 		log:         cfg.Logger,
@@ -143,6 +167,11 @@ func (s *Server) Start() error {
 	if err != nil {
 		_ = cli.Stop()
 		return fmt.Errorf("listen on %s: %w", s.cfg.HTTPAddr, err)
+	}
+	if err := s.startGroups(); err != nil {
+		_ = ln.Close()
+		_ = cli.Stop()
+		return err
 	}
 	s.httpLn = ln
 	s.acceptWG.Add(1)

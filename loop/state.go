@@ -28,6 +28,8 @@ type state struct {
 	flushTask gnet.Runnable
 	targets   []*driver // scratch for per-datagram routing
 
+	groups groupState // socket groups: listeners, groups, joining members
+
 	c   stats.Counters
 	lag stats.LagHistogram
 	now time.Time // coarse clock, refreshed every tick
@@ -67,6 +69,8 @@ func (st *state) tick(posted time.Time) {
 			_ = st.s.el.Close(c)
 		}
 	}
+	st.expireGroupJoins()
+	st.expireUDPMembers()
 	st.s.published.Store(&stats.Snapshot{
 		Counters: st.c,
 		Gauges: stats.Gauges{
@@ -75,12 +79,15 @@ func (st *state) tick(posted time.Time) {
 			Drivers:      len(st.drivers),
 			DeviceConns:  st.deviceConns,
 		},
-		Lag: st.lag,
+		Lag:    st.lag,
+		Groups: st.groupsSnapshot(),
 	})
 }
 
-// shutdown closes every device port and sends close 1001 to every driver.
+// shutdown closes every device port and socket group and sends close 1001
+// to every driver.
 func (st *state) shutdown() {
+	st.closeGroups()
 	for _, ch := range st.tcp {
 		st.closeChannel(ch)
 	}

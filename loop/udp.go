@@ -134,7 +134,11 @@ func (st *state) drainUDP(u *udpPort) {
 		select {
 		case dg := <-u.queue:
 			u.queuedBytes.Add(-int64(dg.buf.Len()))
-			if !u.ch.closed {
+			switch {
+			case u.ch.closed:
+			case u.ch.policy == toMembers:
+				st.forwardGroupDatagram(u, dg)
+			default:
 				st.routeDatagram(u, dg)
 			}
 			bytebufferpool.Put(dg.buf)

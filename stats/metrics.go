@@ -11,6 +11,8 @@ type Collector struct {
 	snapshot func() Snapshot
 	descs    []*prometheus.Desc
 	lag      *prometheus.Desc
+	// per socket group, labelled proto and group
+	groupMembers, groupUpstreams, groupBytes *prometheus.Desc
 }
 
 // metric describes one exported series and where its value comes from.
@@ -64,6 +66,17 @@ var metrics = []metric{
 	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "timeout"}, func(s *Snapshot) uint64 { return s.HandshakeTimeouts }),
 	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "head_too_large"}, func(s *Snapshot) uint64 { return s.HeadTooLarge }),
 	counter("accept_errors_total", "Failed accepts (e.g. out of file descriptors); accepting backs off and retries.", nil, func(s *Snapshot) uint64 { return s.AcceptErrors }),
+
+	counter("group_joins_total", "Socket group joins: TCP members joined, UDP members registered.", nil, func(s *Snapshot) uint64 { return s.GroupJoins }),
+	counter("group_joins_refused_total", "Socket group joins refused.", prometheus.Labels{"reason": "any"}, func(s *Snapshot) uint64 { return s.GroupJoinsRefused }),
+	counter("group_joins_refused_total", "Socket group joins refused.", prometheus.Labels{"reason": "timeout"}, func(s *Snapshot) uint64 { return s.GroupJoinTimeouts }),
+	counter("group_members_left_total", "Socket group members gone: TCP members closed, UDP members expired.", prometheus.Labels{"proto": "tcp"}, func(s *Snapshot) uint64 { return s.GroupMembersLeft }),
+	counter("group_members_left_total", "Socket group members gone: TCP members closed, UDP members expired.", prometheus.Labels{"proto": "udp"}, func(s *Snapshot) uint64 { return s.GroupUDPMembersExpired }),
+	counter("group_payload_bytes_total", "Socket group payload: sent by members (in, once per chunk), written to TCP members (out).", prometheus.Labels{"direction": "in"}, func(s *Snapshot) uint64 { return s.GroupBytesForwarded }),
+	counter("group_payload_bytes_total", "Socket group payload: sent by members (in, once per chunk), written to TCP members (out).", prometheus.Labels{"direction": "out"}, func(s *Snapshot) uint64 { return s.GroupBytesToMembers }),
+	counter("forced_disconnects_total", "Peers cut off by a bound or a protocol violation.", prometheus.Labels{"kind": "slow_member"}, func(s *Snapshot) uint64 { return s.SlowMemberCuts }),
+	counter("datagrams_dropped_total", "UDP datagrams not delivered.", prometheus.Labels{"reason": "not_a_group_member"}, func(s *Snapshot) uint64 { return s.GroupDatagramsUnregistered }),
+	counter("datagrams_dropped_total", "UDP datagrams not delivered.", prometheus.Labels{"reason": "group_send_failed"}, func(s *Snapshot) uint64 { return s.GroupDatagramsOutDropped }),
 }
 
 func gauge(name, help string, labels prometheus.Labels, f func(*Snapshot) int) metric {
@@ -82,6 +95,11 @@ func NewCollector(snapshot func() Snapshot) *Collector {
 	}
 	c.lag = prometheus.NewDesc("dispatch_loop_lag_seconds",
 		"Time work posted to the event loop waited before it ran (about one loop pass).", nil, nil)
+	groupLabels := []string{"proto", "group"}
+	c.groupMembers = prometheus.NewDesc("dispatch_group_members", "Members of a socket group.", groupLabels, nil)
+	c.groupUpstreams = prometheus.NewDesc("dispatch_group_upstreams", "Drivers attached to a socket group.", groupLabels, nil)
+	c.groupBytes = prometheus.NewDesc("dispatch_group_bytes_forwarded_total",
+		"Bytes members sent to a socket group, counted once however many members hear them.", groupLabels, nil)
 	return c
 }
 
@@ -91,6 +109,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	ch <- c.lag
+	ch <- c.groupMembers
+	ch <- c.groupUpstreams
+	ch <- c.groupBytes
 }
 
 // Collect implements prometheus.Collector.
@@ -106,4 +127,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		buckets[upper] = cumulative
 	}
 	ch <- prometheus.MustNewConstHistogram(c.lag, s.Lag.Total, s.Lag.Sum, buckets)
+	for proto, groups := range map[string][]Group{"tcp": s.Groups.TCP, "udp": s.Groups.UDP} {
+		for _, g := range groups {
+			ch <- prometheus.MustNewConstMetric(c.groupMembers, prometheus.GaugeValue, float64(g.Members), proto, g.ID)
+			ch <- prometheus.MustNewConstMetric(c.groupUpstreams, prometheus.GaugeValue, float64(g.Upstreams), proto, g.ID)
+			ch <- prometheus.MustNewConstMetric(c.groupBytes, prometheus.CounterValue, float64(g.BytesForwarded), proto, g.ID)
+		}
+	}
 }

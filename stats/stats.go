@@ -4,8 +4,10 @@
 package stats
 
 import (
+	"encoding/json"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // Counters are the cumulative event counts of one server. Only the event
@@ -46,6 +48,22 @@ type Counters struct {
 	PortsOpened         uint64
 	PortsClosed         uint64
 	Flushes             uint64
+
+	// Socket groups.
+	GroupJoins                 uint64 // TCP members joined, UDP members registered
+	GroupJoinsRefused          uint64 // bad prefix, bad or too long group id, join deadline missed, caps
+	GroupJoinTimeouts          uint64 // of those refused: nothing usable before the join deadline
+	GroupMembersLeft           uint64 // joined TCP members closed, whichever side closed them
+	GroupChunksForwarded       uint64 // member reads and datagrams forwarded to their group
+	GroupBytesForwarded        uint64 // their bytes, counted once however many members hear them
+	GroupChunksToMembers       uint64 // chunks queued for TCP members (one per receiver)
+	GroupBytesToMembers        uint64 // bytes written to TCP members
+	GroupBytesFromDrivers      uint64 // WRITE payload from group drivers to members
+	GroupDatagramsUnregistered uint64 // datagrams from senders that are not members, dropped
+	GroupDatagramsOut          uint64 // datagrams sent to UDP members
+	GroupDatagramsOutDropped   uint64 // datagrams to UDP members the socket could not take
+	GroupUDPMembersExpired     uint64 // UDP members silent for the idle time, forgotten
+	SlowMemberCuts             uint64 // TCP member pending output past its bound
 }
 
 // Gauges are the loop's current sizes.
@@ -82,7 +100,8 @@ func (h *LagHistogram) Observe(seconds float64) {
 type Snapshot struct {
 	Counters
 	Gauges
-	Lag LagHistogram
+	Lag    LagHistogram
+	Groups Groups // socket groups; kept out of the dispatch stats document
 }
 
 // PortCount is one entry of a stats map: a port and a count for it.
@@ -121,6 +140,56 @@ func appendPortMap(dst []byte, entries []PortCount) []byte {
 		dst = strconv.AppendInt(dst, int64(e.Port), 10)
 		dst = append(dst, `":`...)
 		dst = strconv.AppendInt(dst, int64(e.Count), 10)
+	}
+	return append(dst, '}')
+}
+
+// Group is one socket group in the groups document.
+type Group struct {
+	ID             string // the group id; the port, in decimal, for a UDP group
+	Members        int
+	Upstreams      int    // drivers attached to the group
+	BytesForwarded uint64 // bytes members sent to the group, counted once however many hear them
+}
+
+// Groups is the state behind GET /api/dispatch/v1/groups. It is a document
+// of its own so that the dispatch stats document keeps its exact shape.
+type Groups struct {
+	TCP []Group
+	UDP []Group
+}
+
+// AppendJSON renders {"tcp":{ID:{"members":N,"upstreams":N,"bytes_forwarded":N}},"udp":{...}},
+// ids ascending. It does not reorder g: published snapshots are shared.
+func (g *Groups) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"tcp":`...)
+	dst = appendGroupMap(dst, g.TCP)
+	dst = append(dst, `,"udp":`...)
+	dst = appendGroupMap(dst, g.UDP)
+	return append(dst, '}')
+}
+
+// ByID orders groups by id.
+func ByID(a, b Group) int { return strings.Compare(a.ID, b.ID) }
+
+func appendGroupMap(dst []byte, groups []Group) []byte {
+	if !slices.IsSortedFunc(groups, ByID) {
+		groups = slices.SortedFunc(slices.Values(groups), ByID)
+	}
+	dst = append(dst, '{')
+	for i, g := range groups {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		key, _ := json.Marshal(g.ID) // a string always marshals
+		dst = append(dst, key...)
+		dst = append(dst, `:{"members":`...)
+		dst = strconv.AppendInt(dst, int64(g.Members), 10)
+		dst = append(dst, `,"upstreams":`...)
+		dst = strconv.AppendInt(dst, int64(g.Upstreams), 10)
+		dst = append(dst, `,"bytes_forwarded":`...)
+		dst = strconv.AppendUint(dst, g.BytesForwarded, 10)
+		dst = append(dst, '}')
 	}
 	return append(dst, '}')
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -82,6 +83,16 @@ func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
 	add(setting{"max-conns", "", "DISPATCH_MAX_CONNS", "device connections in total", false, (*intValue)(&o.cfg.MaxConns)})
 	add(setting{"metrics", "", "DISPATCH_METRICS_ADDR", "Prometheus /metrics and pprof listener, e.g. 9100 (loopback) or 0.0.0.0:9100; empty: off", false, (*stringValue)(&o.metrics)})
 	add(setting{"udp-queue-bytes", "", "DISPATCH_UDP_QUEUE_BYTES", "datagram bytes queued per UDP port before dropping", false, (*intValue)(&o.cfg.UDPQueueBytes)})
+	add(setting{"group-tcp", "", "DISPATCH_GROUP_TCP", "socket group TCP listener: port (on the device host) or host:port; empty: off", false, (*stringValue)(&o.cfg.GroupTCPAddr)})
+	add(setting{"group-udp", "", "DISPATCH_GROUP_UDP", "socket group UDP port (the UDP group's id): port or host:port; empty: off", false, (*stringValue)(&o.cfg.GroupUDPAddr)})
+	add(setting{"group-prefix", "", "DISPATCH_GROUP_PREFIX", "what a socket group join message starts with", false, (*stringValue)(&o.cfg.GroupPrefix)})
+	add(setting{"group-join-timeout", "", "DISPATCH_GROUP_JOIN_TIMEOUT", "time a TCP member has to join; a join without newline completes then", false, (*durationValue)(&o.cfg.GroupJoinTimeout)})
+	add(setting{"group-id-max-len", "", "DISPATCH_GROUP_ID_MAX_LEN", "longest socket group id, in bytes", false, (*intValue)(&o.cfg.GroupIDMaxLen)})
+	add(setting{"group-udp-open", "", "DISPATCH_GROUP_UDP_OPEN", "forward datagrams from senders that are not UDP group members", false, (*boolValue)(&o.cfg.GroupUDPOpen)})
+	add(setting{"group-udp-idle", "", "DISPATCH_GROUP_UDP_IDLE", "a UDP group member silent this long is forgotten", false, (*durationValue)(&o.cfg.GroupUDPIdle)})
+	add(setting{"group-tcp-preconfig", "", "DISPATCH_GROUP_TCP_PRECONFIG", "comma-separated group:host; connections from host join group without the prefix", false, (*groupHostsValue)(&o.cfg.GroupTCPPreconfig)})
+	add(setting{"group-udp-preconfig", "", "DISPATCH_GROUP_UDP_PRECONFIG", "comma-separated host:port UDP group members from the start, never forgotten", false, (*udpMembersValue)(&o.cfg.GroupUDPPreconfig)})
+	add(setting{"max-member-pending", "", "DISPATCH_MAX_MEMBER_PENDING", "unsent bytes per TCP group member; past it the member is closed", false, (*intValue)(&o.cfg.MaxMemberPending)})
 
 	for _, s := range o.settings {
 		if v, ok := e.get(s.envName); ok && v != "" {
@@ -204,3 +215,48 @@ func (v *durationValue) Set(s string) error {
 	return nil
 }
 func (v *durationValue) String() string { return time.Duration(*v).String() }
+
+type boolValue bool
+
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("not a boolean: %q", s)
+	}
+	*v = boolValue(b)
+	return nil
+}
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+
+type groupHostsValue []loop.GroupHost
+
+func (v *groupHostsValue) Set(s string) error {
+	hosts, err := loop.ParseGroupHosts(s)
+	*v = hosts
+	return err
+}
+
+func (v *groupHostsValue) String() string {
+	parts := make([]string, len(*v))
+	for i, h := range *v {
+		parts[i] = h.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+type udpMembersValue []netip.AddrPort
+
+func (v *udpMembersValue) Set(s string) error {
+	members, err := loop.ParseUDPMembers(s)
+	*v = members
+	return err
+}
+
+func (v *udpMembersValue) String() string {
+	parts := make([]string, len(*v))
+	for i, a := range *v {
+		parts[i] = a.String()
+	}
+	return strings.Join(parts, ",")
+}
