@@ -92,7 +92,7 @@ func (st *state) closeDevice(dv *device, _ error) {
 // dropDevice closes a device from the server side; closeDevice follows.
 func (st *state) dropDevice(dv *device) {
 	if dv.open {
-		_ = st.s.el.Close(dv.conn)
+		st.closeConn(dv.conn)
 	}
 }
 

@@ -2,6 +2,7 @@ package loop
 
 import (
 	"encoding/binary"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -190,21 +191,49 @@ func (st *state) driverMessage(d *driver, op ws.OpCode, payload []byte) gnet.Act
 	return gnet.None
 }
 
-// failDriver ends a session from inside its own callback: queued output and
-// a close frame are written, and gnet closes the connection when the
-// callback returns.
+// failDriver ends a session from inside its own callback. It returns the
+// action for gnet: close now, or nothing while the close frame lingers.
 func (st *state) failDriver(d *driver, code ws.StatusCode, reason string) gnet.Action {
-	st.sendClose(d, code, reason)
-	return gnet.Close
+	if st.endDriver(d, code, reason) {
+		return gnet.Close
+	}
+	return gnet.None
 }
 
 // cutDriver ends a session from anywhere else on the loop.
 func (st *state) cutDriver(d *driver, code ws.StatusCode, reason string) {
-	if d.closing {
-		return
+	if !d.closing && st.endDriver(d, code, reason) {
+		st.closeConn(d.conn)
 	}
+}
+
+// closeLinger is how long a cut driver's connection stays open for its
+// already-buffered output and close frame to drain.
+const closeLinger = 5 * time.Second
+
+// endDriver unregisters a session at once and queues its close frame
+// behind whatever gnet still holds for it. It reports whether the
+// connection can be closed now; otherwise it lingers until its output
+// drains or closeLinger passes, so even a slow reader that wakes up learns
+// why it was cut.
+func (st *state) endDriver(d *driver, code ws.StatusCode, reason string) bool {
 	st.sendClose(d, code, reason)
-	_ = st.s.el.Close(d.conn)
+	st.unregisterDriver(d)
+	if d.conn.OutboundBuffered() == 0 {
+		return true
+	}
+	st.lingering[d] = st.now.Add(closeLinger)
+	return false
+}
+
+// closeDrained closes lingering driver connections whose output drained or
+// whose grace period is over.
+func (st *state) closeDrained() {
+	for d, deadline := range st.lingering {
+		if d.conn.OutboundBuffered() == 0 || st.now.After(deadline) {
+			st.closeConn(d.conn)
+		}
+	}
 }
 
 func (st *state) sendClose(d *driver, code ws.StatusCode, reason string) {
@@ -226,6 +255,7 @@ func (st *state) sendClose(d *driver, code ws.StatusCode, reason string) {
 // closeDriver runs when a driver connection ends, for any reason.
 func (st *state) closeDriver(d *driver, err error) {
 	d.closing = true
+	delete(st.lingering, d)
 	if d.frag != nil {
 		bytebufferpool.Put(d.frag)
 		d.frag = nil

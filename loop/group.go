@@ -351,9 +351,7 @@ func (m *groupMember) cutSlow(st *state) {
 	st.c.SlowMemberCuts++
 	st.log.Warn("socket group member not keeping up, closing it", "group", m.ch.group.id, "member", m.id,
 		"peer", m.peer, "pending_bytes", m.conn.OutboundBuffered(), "limit", st.cfg.MaxMemberPending)
-	// The outbox may be flushing inside this member's own callback, where
-	// gnet must not close it synchronously; Close is asynchronous.
-	_ = m.conn.Close()
+	st.closeConn(m.conn)
 }
 
 // openGroupMember admits a connection to the group listener: a
@@ -455,13 +453,13 @@ func (st *state) expireGroupJoins() {
 		if m.firstRead == 0 {
 			st.c.GroupJoinTimeouts++
 			st.refuseJoin(m.peer, "no join message before the deadline")
-			_ = st.s.el.Close(m.conn)
+			st.closeConn(m.conn)
 			continue
 		}
 		// No newline came: the join message is the first read.
 		buf, _ := m.conn.Peek(-1)
 		if st.completeJoin(m, buf[:m.firstRead], m.firstRead) == gnet.Close {
-			_ = st.s.el.Close(m.conn)
+			st.closeConn(m.conn)
 		}
 	}
 }
@@ -540,7 +538,7 @@ func (st *state) closeGroupMember(m *groupMember) {
 // dropMember closes a member from the server side; closeGroupMember follows.
 func (st *state) dropMember(m *groupMember) {
 	if m.state == memberJoining || m.state == memberJoined {
-		_ = st.s.el.Close(m.conn)
+		st.closeConn(m.conn)
 	}
 }
 

@@ -16,31 +16,38 @@ type handler struct {
 
 func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	st := h.s.st
+	st.current = c
+	action := gnet.None
 	switch x := c.Context().(type) {
 	case *httpConn:
-		return nil, st.openHTTP(c, x)
+		action = st.openHTTP(c, x)
 	case *device:
-		return nil, st.openDevice(c, x)
+		action = st.openDevice(c, x)
 	case *groupMember:
-		return nil, st.openGroupMember(c, x)
+		action = st.openGroupMember(c, x)
 	}
-	return nil, gnet.None
+	st.current = nil
+	return nil, action
 }
 
 func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {
 	st := h.s.st
+	st.current = c
+	action := gnet.None
 	switch x := c.Context().(type) {
 	case *device:
-		return st.deviceTraffic(c, x)
+		action = st.deviceTraffic(c, x)
 	case *driver:
-		return st.driverTraffic(c, x)
+		action = st.driverTraffic(c, x)
 	case *httpConn:
-		return st.httpTraffic(c, x)
+		action = st.httpTraffic(c, x)
 	case *groupMember:
-		return st.groupMemberTraffic(c, x)
+		action = st.groupMemberTraffic(c, x)
+	default:
+		_, _ = c.Discard(-1)
 	}
-	_, _ = c.Discard(-1)
-	return gnet.None
+	st.current = nil
+	return action
 }
 
 func (h *handler) OnClose(c gnet.Conn, err error) gnet.Action {

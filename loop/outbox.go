@@ -128,8 +128,9 @@ func (st *state) flush() {
 	o.arena = o.arena[:0]
 }
 
-// writePending writes a sink's queued spans. It reports false, writing
-// nothing, when that would take it past its pending-output bound.
+// writePending writes a sink's queued spans. It reports false when the
+// sink is past its pending-output bound: bytes the kernel would not take
+// and gnet holds for it. A burst the kernel absorbs is not a slow reader.
 func (st *state) writePending(d *sink) bool {
 	o := &st.out
 	if !d.dirty {
@@ -145,8 +146,8 @@ func (st *state) writePending(d *sink) bool {
 	if d.member {
 		limit = st.cfg.MaxMemberPending
 	}
-	if d.conn.OutboundBuffered()+pending > limit {
-		return false
+	if d.conn.OutboundBuffered() > limit {
+		return false // already behind: do not buffer more for it
 	}
 	iov := o.iov[:0]
 	for _, s := range spans {
@@ -161,10 +162,10 @@ func (st *state) writePending(d *sink) bool {
 	if len(iov) == 1 {
 		_, _ = d.conn.Write(iov[0])
 	} else {
-		// gnet trims the slice it is given; it is rebuilt for every driver.
+		// gnet trims the slice it is given; it is rebuilt for every sink.
 		_, _ = d.conn.Writev(iov)
 	}
 	clear(iov)
 	o.iov = iov[:0]
-	return true
+	return d.closing || d.conn.OutboundBuffered() <= limit
 }

@@ -20,6 +20,8 @@ type state struct {
 	tcp     map[int]*channel // device TCP ports, by port
 	udp     map[int]*channel // device UDP ports, by port
 	drivers map[*driver]struct{}
+	// lingering are cut drivers whose close frame waits behind buffered output.
+	lingering map[*driver]time.Time
 
 	handshakes  map[*httpConn]gnet.Conn // connections still sending a request head
 	deviceConns int                     // device TCP connections on every port
@@ -29,6 +31,11 @@ type state struct {
 	targets   []*driver // scratch for per-datagram routing
 
 	groups groupState // socket groups: listeners, groups, joining members
+
+	// current is the connection whose OnOpen or OnTraffic is running: gnet
+	// still uses its buffers after the callback returns, so closeConn must
+	// not close it synchronously.
+	current gnet.Conn
 
 	c   stats.Counters
 	lag stats.LagHistogram
@@ -43,6 +50,7 @@ func newState(s *Server) *state {
 		tcp:        make(map[int]*channel),
 		udp:        make(map[int]*channel),
 		drivers:    make(map[*driver]struct{}),
+		lingering:  make(map[*driver]time.Time),
 		handshakes: make(map[*httpConn]gnet.Conn),
 		now:        time.Now(),
 	}
@@ -66,11 +74,12 @@ func (st *state) tick(posted time.Time) {
 			st.c.HandshakeTimeouts++
 			st.c.HandshakeFailures++
 			st.log.Debug("handshake deadline passed, closing", "peer", h.peer)
-			_ = st.s.el.Close(c)
+			st.closeConn(c)
 		}
 	}
 	st.expireGroupJoins()
 	st.expireUDPMembers()
+	st.closeDrained()
 	st.s.published.Store(&stats.Snapshot{
 		Counters: st.c,
 		Gauges: stats.Gauges{
@@ -98,7 +107,18 @@ func (st *state) shutdown() {
 		st.cutDriver(d, ws.StatusGoingAway, "server shutting down")
 	}
 	for _, c := range st.handshakes {
-		_ = st.s.el.Close(c)
+		st.closeConn(c)
 	}
 	st.flush()
+}
+
+// closeConn closes a connection from the loop. Its OnClose runs at once,
+// unless it is the connection whose callback is running: that one is closed
+// by a task that runs once the callback has returned.
+func (st *state) closeConn(c gnet.Conn) {
+	if c == st.current {
+		_ = c.Close()
+		return
+	}
+	_ = st.s.el.Close(c)
 }

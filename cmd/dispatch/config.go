@@ -42,6 +42,9 @@ func (e env) get(name string) (string, bool) {
 	return strings.TrimRight(string(b), "\r\n"), true
 }
 
+// defaultSecret is the original service's well-known fallback token.
+const defaultSecret = "testing"
+
 // setting is one configurable value: a flag (with optional short alias) that
 // falls back to an environment variable, then to a default.
 type setting struct {
@@ -121,7 +124,7 @@ func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
 	}
 	o.cfg.HTTPAddr = netJoin(host, port)
 
-	o.cfg.Secret, o.secretSrc = "testing", "default"
+	o.cfg.Secret, o.secretSrc = defaultSecret, "default"
 	for _, name := range []string{"PLACE_SERVER_SECRET", "SERVER_SECRET"} {
 		if v, ok := e.get(name); ok && v != "" {
 			o.cfg.Secret, o.secretSrc = v, name

@@ -51,8 +51,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log := newLogger(stderr, o.logFormat, o.logLevel)
 	o.cfg.Logger = log
 	o.logConfig(log)
-	if o.secretSrc == "default" {
-		log.Warn("PLACE_SERVER_SECRET is not set: using the default secret \"testing\"; anyone can attach drivers. Set PLACE_SERVER_SECRET in production.")
+	if o.cfg.Secret == defaultSecret {
+		log.Warn("the shared secret is the default secret \"testing\": anyone can attach drivers; set PLACE_SERVER_SECRET")
 	}
 	if limit, err := raiseFileLimit(); err != nil {
 		log.Warn("could not raise the open-file limit", "err", err)
