@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -47,22 +48,28 @@ func testServer(t *testing.T, tweak func(*Config)) *Server {
 	return s
 }
 
+// freePort returns a port with nothing bound to it, picked below the
+// kernel's ephemeral range so that no outgoing connection takes it before
+// the server binds it.
 func freePort(t *testing.T, network string) int {
 	t.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		addr := fmt.Sprintf(":%d", port)
+		if network == "udp" {
+			if c, err := net.ListenPacket("udp", addr); err == nil {
+				c.Close()
+				return port
+			}
+			continue
 		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			return port
+		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free %s port", network)
+	return 0
 }
 
 type testDriver struct {

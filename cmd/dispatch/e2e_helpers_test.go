@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -634,7 +635,7 @@ var handedOut sync.Map
 func freePort(t *testing.T, network string) int {
 	t.Helper()
 	for {
-		port := kernelPickedPort(t, network)
+		port := unusedPort(t, network)
 		if _, taken := handedOut.LoadOrStore(network+"/"+strconv.Itoa(port), true); !taken {
 			return port
 		}
@@ -644,26 +645,53 @@ func freePort(t *testing.T, network string) int {
 func freeTCPPort(t *testing.T) int { return freePort(t, "tcp") }
 func freeUDPPort(t *testing.T) int { return freePort(t, "udp") }
 
-func kernelPickedPort(t *testing.T, network string) int {
+// unusedPort returns a port with nothing bound to it on any address. It
+// picks from below the kernel's ephemeral range: outgoing connections (other
+// tests, load generators) draw their source ports from that range, so a port
+// picked there can be taken again before the server binds it.
+func unusedPort(t *testing.T, network string) int {
 	t.Helper()
-	switch network {
-	case "tcp":
-		ln, err := net.Listen("tcp", localhost+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().(*net.TCPAddr).Port
-	case "udp":
-		pc, err := net.ListenPacket("udp", localhost+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pc.Close()
-		return pc.LocalAddr().(*net.UDPAddr).Port
+	if network != "tcp" && network != "udp" {
+		t.Fatalf("unusedPort: unknown network %q", network)
 	}
-	t.Fatalf("freePort: unknown network %q", network)
+	lo, hi := 20000, ephemeralPortsStart()-1
+	for range 1000 {
+		port := lo + mathrand.IntN(hi-lo+1)
+		if portUnused(network, port) {
+			return port
+		}
+	}
+	t.Fatalf("no unused %s port in %d-%d", network, lo, hi)
 	return 0
+}
+
+func portUnused(network string, port int) bool {
+	addr := ":" + strconv.Itoa(port)
+	if network == "udp" {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return false
+		}
+		return pc.Close() == nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	return ln.Close() == nil
+}
+
+// ephemeralPortsStart is the first port the kernel hands out on its own.
+func ephemeralPortsStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 21000 {
+				return n
+			}
+		}
+	}
+	return 32768
 }
 
 // freePortForBoth returns a port number free for TCP and for UDP.
