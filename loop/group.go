@@ -13,7 +13,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -24,7 +23,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/placeos-gnet/dispatch/codec"
@@ -648,36 +646,10 @@ func (st *state) upgradeGroupDriver(c gnet.Conn, h *httpConn, req *http.Request,
 	if p == protoTCP {
 		ch = st.tcpGroup(id)
 	}
-	delete(st.handshakes, h)
-	_, _ = c.Write(answer)
-	d := &driver{
-		sink:   sink{conn: c},
-		peer:   h.peer,
-		accept: accept,
-		module: req.Header.Get("X-Module-ID"),
-	}
-	c.SetContext(d)
-	st.registerDriver(d, ch)
+	d := st.attachDriver(c, h, req, answer, accept, ch)
 	st.log.Info("driver attached to socket group", "proto", p.String(), "group", id, "peer", d.peer)
 	st.announceMembers(d)
 	return gnet.None
-}
-
-// websocketAnswer lets gobwas/ws validate the handshake and compose the 101
-// before anything is attached; a refusal is answered and reported as false.
-func (st *state) websocketAnswer(c gnet.Conn, h *httpConn, head []byte) ([]byte, bool) {
-	var answer bytes.Buffer
-	if _, err := (ws.Upgrader{}).Upgrade(struct {
-		io.Reader
-		io.Writer
-	}{bytes.NewReader(head), &answer}); err != nil {
-		st.c.HandshakeFailures++
-		st.log.Info("refused websocket handshake", "peer", h.peer, "err", err)
-		_, _ = c.Write(answer.Bytes())
-		delete(st.handshakes, h)
-		return nil, false
-	}
-	return answer.Bytes(), true
 }
 
 // announceMembers sends a newly attached driver OPENED for every current

@@ -171,17 +171,9 @@ func (st *state) upgradeDriver(c gnet.Conn, h *httpConn, req *http.Request, head
 		return st.paramError(c, h, http.StatusBadRequest, "accept", "invalid parameter value for 'accept'")
 	}
 
-	// Let gobwas/ws validate the handshake and compose the 101 before we
-	// bind anything; its refusals are already well-formed HTTP answers.
-	var answer bytes.Buffer
-	if _, err := (ws.Upgrader{}).Upgrade(struct {
-		io.Reader
-		io.Writer
-	}{bytes.NewReader(head), &answer}); err != nil {
-		st.c.HandshakeFailures++
-		st.log.Info("refused websocket handshake", "peer", h.peer, "err", err)
-		_, _ = c.Write(answer.Bytes())
-		delete(st.handshakes, h)
+	// The 101 is composed before the port is bound, and sent after.
+	answer, ok := st.websocketAnswer(c, h, head)
+	if !ok {
 		return gnet.Close
 	}
 
@@ -192,8 +184,32 @@ func (st *state) upgradeDriver(c gnet.Conn, h *httpConn, req *http.Request, head
 		body := appendJSONError(nil, err.Error(), "port")
 		return st.respond(c, h, http.StatusConflict, "application/json", body)
 	}
+	st.attachDriver(c, h, req, answer, accept, ch)
+	return gnet.None
+}
+
+// websocketAnswer lets gobwas/ws validate the handshake and compose the 101
+// before anything is bound or attached; a refusal is answered and reported as false.
+func (st *state) websocketAnswer(c gnet.Conn, h *httpConn, head []byte) ([]byte, bool) {
+	var answer bytes.Buffer
+	if _, err := (ws.Upgrader{}).Upgrade(struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(head), &answer}); err != nil {
+		st.c.HandshakeFailures++
+		st.log.Info("refused websocket handshake", "peer", h.peer, "err", err)
+		_, _ = c.Write(answer.Bytes())
+		delete(st.handshakes, h)
+		return nil, false
+	}
+	return answer.Bytes(), true
+}
+
+// attachDriver completes an upgrade: the 101 goes out and the connection
+// becomes a driver session on ch.
+func (st *state) attachDriver(c gnet.Conn, h *httpConn, req *http.Request, answer []byte, accept acceptList, ch *channel) *driver {
 	delete(st.handshakes, h)
-	_, _ = c.Write(answer.Bytes())
+	_, _ = c.Write(answer)
 	d := &driver{
 		sink:   sink{conn: c},
 		peer:   h.peer,
@@ -202,7 +218,7 @@ func (st *state) upgradeDriver(c gnet.Conn, h *httpConn, req *http.Request, head
 	}
 	c.SetContext(d)
 	st.registerDriver(d, ch)
-	return gnet.None
+	return d
 }
 
 func (st *state) paramError(c gnet.Conn, h *httpConn, status int, param, msg string) gnet.Action {
