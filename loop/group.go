@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -598,17 +597,9 @@ var everyone = acceptList{prefixes: []netip.Prefix{netip.MustParsePrefix("0.0.0.
 // group_dispatch?group=ID[&proto=tcp|udp][&accept=IPS]. The UDP group's id
 // is its port. Refusals are answered before the upgrade, as for dispatch.
 func (st *state) upgradeGroupDriver(c gnet.Conn, h *httpConn, req *http.Request, head []byte) gnet.Action {
-	if !st.authorised(req) {
-		return st.unauthorised(c, h)
-	}
-	if !headerHasToken(req.Header, "Upgrade", "websocket") {
-		st.c.HandshakeFailures++
-		return st.respondHeaders(c, h, http.StatusUpgradeRequired, "text/plain",
-			"Upgrade: websocket\r\n", []byte("This service requires use of the WebSocket protocol"))
-	}
-	query, err := url.ParseQuery(req.URL.RawQuery)
-	if err != nil {
-		return st.paramError(c, h, http.StatusBadRequest, "group", "invalid query string")
+	query, refused := st.upgradeRequest(c, h, req, "group")
+	if refused != gnet.None {
+		return refused
 	}
 	ids, ok := query["group"]
 	if !ok {
@@ -625,6 +616,7 @@ func (st *state) upgradeGroupDriver(c gnet.Conn, h *httpConn, req *http.Request,
 	}
 	accept := everyone
 	if values, ok := query["accept"]; ok {
+		var err error
 		if accept, err = parseAcceptList(values[0]); err != nil {
 			return st.paramError(c, h, http.StatusBadRequest, "accept", "invalid parameter value for 'accept'")
 		}

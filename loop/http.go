@@ -139,20 +139,31 @@ func (st *state) unauthorised(c gnet.Conn, h *httpConn) gnet.Action {
 	return st.respond(c, h, http.StatusUnauthorized, "application/json", []byte(`{"error":"invalid authorisation token"}`))
 }
 
-// upgradeDriver validates a dispatch request, binds the device port if this
-// is its first session, and only then answers 101.
-func (st *state) upgradeDriver(c gnet.Conn, h *httpConn, req *http.Request, head []byte, p proto) gnet.Action {
+// upgradeRequest runs the checks every upgrade route shares: the token, the
+// Upgrade header, a parsable query. Unless it returns gnet.None, the request
+// has been answered; param names the parameter a bad query is blamed on.
+func (st *state) upgradeRequest(c gnet.Conn, h *httpConn, req *http.Request, param string) (url.Values, gnet.Action) {
 	if !st.authorised(req) {
-		return st.unauthorised(c, h)
+		return nil, st.unauthorised(c, h)
 	}
 	if !headerHasToken(req.Header, "Upgrade", "websocket") {
 		st.c.HandshakeFailures++
-		return st.respondHeaders(c, h, http.StatusUpgradeRequired, "text/plain",
+		return nil, st.respondHeaders(c, h, http.StatusUpgradeRequired, "text/plain",
 			"Upgrade: websocket\r\n", []byte("This service requires use of the WebSocket protocol"))
 	}
 	query, err := url.ParseQuery(req.URL.RawQuery)
 	if err != nil {
-		return st.paramError(c, h, http.StatusBadRequest, "port", "invalid query string")
+		return nil, st.paramError(c, h, http.StatusBadRequest, param, "invalid query string")
+	}
+	return query, gnet.None
+}
+
+// upgradeDriver validates a dispatch request, binds the device port if this
+// is its first session, and only then answers 101.
+func (st *state) upgradeDriver(c gnet.Conn, h *httpConn, req *http.Request, head []byte, p proto) gnet.Action {
+	query, refused := st.upgradeRequest(c, h, req, "port")
+	if refused != gnet.None {
+		return refused
 	}
 	portValues, ok := query["port"]
 	if !ok {
