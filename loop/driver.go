@@ -2,6 +2,7 @@ package loop
 
 import (
 	"encoding/binary"
+	"errors"
 	"time"
 	"unicode/utf8"
 
@@ -67,7 +68,11 @@ func (st *state) driverTraffic(c gnet.Conn, d *driver) gnet.Action {
 		}
 		h, hn, err := codec.ParseFrameHeader(head, state)
 		if err != nil {
-			st.c.ProtocolErrors++
+			if errors.Is(err, codec.ErrFrameTooLarge) {
+				st.c.OversizeMessages++
+			} else {
+				st.c.ProtocolErrors++
+			}
 			return st.failDriver(d, codec.CloseCodeFor(err), err.Error())
 		}
 		if hn == 0 {

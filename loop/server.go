@@ -248,6 +248,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err == nil {
 			select {
 			case <-drained:
+				s.awaitLingering(ctx)
 			case <-ctx.Done():
 			}
 		}
@@ -262,6 +263,42 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	})
 	return s.shutdownError
+}
+
+// awaitLingering gives drivers whose close frame waits behind buffered
+// output part of ctx to drain before the loop stops; stopping the loop
+// discards whatever gnet still holds.
+func (s *Server) awaitLingering(ctx context.Context) {
+	if deadline, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline.Add(-time.Until(deadline)/4))
+		defer cancel()
+	}
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		left := make(chan int, 1)
+		if !s.post(func() {
+			s.st.now = time.Now()
+			s.st.closeDrained()
+			left <- len(s.st.lingering)
+		}) {
+			return
+		}
+		select {
+		case n := <-left:
+			if n == 0 {
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-poll.C:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // post runs fn on the loop. It reports false if the loop has stopped.
@@ -280,33 +317,39 @@ func (s *Server) acceptLoop(ln net.Listener, what string, tag func(net.Conn) any
 	const minBackoff, maxBackoff = 5 * time.Millisecond, time.Second
 	backoff := minBackoff
 	failing := false
+	// fail counts a failed accept or hand-over (both mean descriptors or
+	// memory ran short), logs once per streak and backs off.
+	fail := func(step string, err error) {
+		s.acceptErrors.Add(1)
+		if !failing {
+			s.log.Warn("accepting connections is failing, backing off", "listener", what,
+				"addr", ln.Addr().String(), "step", step, "err", err)
+			failing = true
+		}
+		time.Sleep(backoff)
+		backoff = min(backoff*2, maxBackoff)
+	}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			s.acceptErrors.Add(1)
-			if !failing {
-				s.log.Warn("accept failing, backing off", "listener", what, "addr", ln.Addr().String(), "err", err)
-				failing = true
-			}
-			time.Sleep(backoff)
-			backoff = min(backoff*2, maxBackoff)
+			fail("accept", err)
 			continue
 		}
-		if failing {
-			s.log.Info("accept recovered", "listener", what, "addr", ln.Addr().String())
-			failing = false
-		}
-		backoff = minBackoff
 		if _, err := s.cli.EnrollContext(c, tag(c)); err != nil {
-			s.acceptErrors.Add(1)
 			if s.stopping.Load() {
 				return
 			}
-			s.log.Warn("could not hand connection to the loop", "listener", what, "peer", c.RemoteAddr().String(), "err", err)
+			fail("hand to the loop", err)
+			continue
 		}
+		if failing {
+			s.log.Info("accepting connections recovered", "listener", what, "addr", ln.Addr().String())
+			failing = false
+		}
+		backoff = minBackoff
 	}
 }
 

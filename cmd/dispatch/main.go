@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -58,6 +60,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Warn("could not raise the open-file limit", "err", err)
 	} else {
 		log.Debug("open-file limit", "limit", limit)
+		// Keep device connections below the descriptor limit, so that the
+		// cap refuses (and counts) them before accept runs out of descriptors.
+		reserve := max(64, limit/10)
+		if fit := int(limit) - int(reserve); fit > 0 && o.cfg.MaxConns > fit {
+			log.Info("device connection cap lowered to fit the open-file limit", "max_conns", fit, "limit", limit)
+			o.cfg.MaxConns = fit
+		}
 	}
 
 	srv, err := loop.New(o.cfg)
@@ -121,12 +130,21 @@ func curl(url string, stderr io.Writer) int {
 	return 1
 }
 
-// raiseFileLimit lifts the soft open-file limit to the hard limit: every
-// device connection is a descriptor.
+// raiseFileLimit lifts the open-file limit as far as allowed: every device
+// connection is a descriptor. A privileged process raises the hard limit to
+// the kernel's fs.nr_open; any other lifts its soft limit to the hard one.
 func raiseFileLimit() (uint64, error) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return 0, err
+	}
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if nrOpen, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && nrOpen > lim.Max {
+			raised := syscall.Rlimit{Cur: nrOpen, Max: nrOpen}
+			if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised) == nil {
+				return nrOpen, nil
+			}
+		}
 	}
 	if lim.Cur < lim.Max {
 		lim.Cur = lim.Max
