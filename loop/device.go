@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/placeos-gnet/dispatch/codec"
@@ -113,10 +114,14 @@ func (st *state) interestedDrivers(dv *device) []*driver {
 }
 
 // emitToInterested encodes one message once and queues it for every
-// interested driver.
+// interested driver; a large one is written to each at once instead.
 func (st *state) emitToInterested(dv *device, t codec.MsgType, data []byte) {
 	targets := st.interestedDrivers(dv)
 	if len(targets) == 0 {
+		return
+	}
+	if len(data) >= directWriteBytes {
+		st.emitNow(targets, t, dv.ipText, dv.id, data)
 		return
 	}
 	start, end := st.out.appendDispatchFrame(t, dv.ipText, dv.id, data)
@@ -124,6 +129,24 @@ func (st *state) emitToInterested(dv *device, t codec.MsgType, data []byte) {
 		st.queue(d, start, end)
 	}
 	st.scheduleFlush()
+}
+
+// emitNow writes one large message to every target without copying its
+// data. Cutting a target can change the device's interest list, so the
+// targets are copied first.
+func (st *state) emitNow(targets []*driver, t codec.MsgType, ip []byte, id uint64, data []byte) {
+	header := codec.AppendFrameHeader(st.directHeader[:0], ws.OpBinary, codec.HeaderLen(len(ip))+len(data))
+	header = codec.AppendHeader(header, t, ip, id, len(data))
+	st.directHeader = header
+	st.c.FramesToDrivers += uint64(len(targets))
+	direct := append(st.direct[:0], targets...)
+	for _, d := range direct {
+		if !st.writeNow(&d.sink, header, data) {
+			d.cutSlow(st)
+		}
+	}
+	clear(direct)
+	st.direct = direct[:0]
 }
 
 // writeToDevice carries a driver's WRITE to a device. A device that does not

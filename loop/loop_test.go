@@ -203,3 +203,47 @@ func TestMalformedMessageClosesWith1007(t *testing.T) {
 	}
 	waitFor(t, func() bool { return strings.Contains(statsOf(t, s), `"tcp_listeners":{}`) })
 }
+
+// Large reads skip the arena and are written at once; small ones are
+// batched. Interleaved, every driver must still see the device's exact byte
+// stream in order.
+func TestLargeAndSmallReadsKeepTheirOrder(t *testing.T) {
+	s := testServer(t, nil)
+	port := freePort(t, "tcp")
+	drivers := []*testDriver{dialDriver(t, s, "tcp", port, "127.0.0.1"), dialDriver(t, s, "tcp", port, "127.0.0.0/8")}
+	dev, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	for _, d := range drivers {
+		if m := d.next(); m.Type != codec.Opened {
+			t.Fatalf("want OPENED, got %v", m.Type)
+		}
+	}
+	var sent []byte
+	for i := range 40 {
+		size := 10
+		if i%3 == 0 {
+			size = 48 << 10
+		}
+		chunk := bytes.Repeat([]byte{byte('a' + i%26)}, size)
+		sent = append(sent, chunk...)
+		if _, err := dev.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, d := range drivers {
+		var got []byte
+		for len(got) < len(sent) {
+			m := d.next()
+			if m.Type != codec.Received {
+				t.Fatalf("driver %d: want RECEIVED, got %v", i, m.Type)
+			}
+			got = append(got, m.Data...)
+		}
+		if !bytes.Equal(got, sent) {
+			t.Fatalf("driver %d: stream differs (got %d bytes, sent %d)", i, len(got), len(sent))
+		}
+	}
+}

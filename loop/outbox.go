@@ -142,23 +142,14 @@ func (st *state) writePending(d *sink) bool {
 	if d.closing || pending == 0 {
 		return true
 	}
-	limit := st.cfg.MaxDriverPending
-	if d.member {
-		limit = st.cfg.MaxMemberPending
-	}
-	if d.conn.OutboundBuffered() > limit {
+	if d.conn.OutboundBuffered() > st.pendingLimit(d) {
 		return false // already behind: do not buffer more for it
 	}
 	iov := o.iov[:0]
 	for _, s := range spans {
 		iov = append(iov, o.arena[s.start:s.end])
 	}
-	st.c.Flushes++
-	if d.member {
-		st.c.GroupBytesToMembers += uint64(pending)
-	} else {
-		st.c.BytesToDrivers += uint64(pending)
-	}
+	st.countWrite(d, pending)
 	if len(iov) == 1 {
 		_, _ = d.conn.Write(iov[0])
 	} else {
@@ -167,5 +158,46 @@ func (st *state) writePending(d *sink) bool {
 	}
 	clear(iov)
 	o.iov = iov[:0]
-	return d.closing || d.conn.OutboundBuffered() <= limit
+	return d.closing || d.conn.OutboundBuffered() <= st.pendingLimit(d)
+}
+
+// directWriteBytes is the payload size from which a frame skips the arena:
+// a read that large has nothing to gain from batching, so it is written at
+// once from gnet's read buffer, without a copy or a wait for the pass to end.
+const directWriteBytes = 16 << 10
+
+// writeNow writes header and payload to a sink after whatever is already
+// queued for it. Like writePending, it reports false past the bound.
+func (st *state) writeNow(d *sink, header, payload []byte) bool {
+	if d.closing {
+		return true
+	}
+	if !st.writePending(d) || d.conn.OutboundBuffered() > st.pendingLimit(d) {
+		return false
+	}
+	if d.closing {
+		return true
+	}
+	st.countWrite(d, len(header)+len(payload))
+	// gnet trims the slice it is given: refill the scratch pair every time.
+	st.pair[0], st.pair[1] = header, payload
+	_, _ = d.conn.Writev(st.pair[:])
+	st.pair = [2][]byte{}
+	return d.closing || d.conn.OutboundBuffered() <= st.pendingLimit(d)
+}
+
+func (st *state) pendingLimit(d *sink) int {
+	if d.member {
+		return st.cfg.MaxMemberPending
+	}
+	return st.cfg.MaxDriverPending
+}
+
+func (st *state) countWrite(d *sink, n int) {
+	st.c.Flushes++
+	if d.member {
+		st.c.GroupBytesToMembers += uint64(n)
+	} else {
+		st.c.BytesToDrivers += uint64(n)
+	}
 }

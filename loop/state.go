@@ -30,6 +30,10 @@ type state struct {
 	flushTask gnet.Runnable
 	targets   []*driver // scratch for per-datagram routing
 
+	direct       []*driver // scratch: targets of a frame written at once
+	directHeader []byte    // scratch: its header
+	pair         [2][]byte // scratch: header and payload for writev
+
 	groups groupState // socket groups: listeners, groups, joining members
 
 	// current is the connection whose OnOpen or OnTraffic is running: gnet
