@@ -381,8 +381,8 @@ func profileStep(ctx context.Context, s *scenario, st *stepper, rate float64) {
 	}
 }
 
-// saturationNote says which side ran out of CPU at the peak and, when the
-// harness did, extrapolates the server's capacity from its CPU per item.
+// saturationNote says which side ran out of CPU at the peak and, when only
+// the harness did, extrapolates the server's capacity from its CPU per item.
 func saturationNote(s *scenario, steps []Step, best *Step) {
 	srv, hrn := best.ServerCoreBusy, best.HarnessCoreBusy
 	if srv < 0 || hrn < 0 {
@@ -395,14 +395,21 @@ func saturationNote(s *scenario, steps []Step, best *Step) {
 			harnessLimited = true
 		}
 	}
-	sat := "server"
-	if hrn > srv {
-		sat = "harness"
-	}
-	s.note("at the peak the busier side was the %s (server core %.0f%% busy, harness core %.0f%% busy; process CPU server %.0f%%, harness %.0f%%)", sat, srv, hrn, best.ServerCPUPct, best.HarnessCPUPct)
-	if harnessLimited && best.ServerCPUPct > 0 {
+	facts := fmt.Sprintf("server core %.0f%% busy, harness core %.0f%% busy; process CPU server %.0f%%, harness %.0f%%", srv, hrn, best.ServerCPUPct, best.HarnessCPUPct)
+	switch {
+	case srv >= 90 && hrn >= 90:
+		s.note("BOTH SIDES SATURATED at the peak (%s): the peak is close to the server's limit", facts)
+	case srv >= 90:
+		s.note("SERVER-LIMITED PEAK (%s)", facts)
+	case harnessLimited && best.ServerCPUPct > 0:
 		est := best.DeliveredRate / (best.ServerCPUPct / 100)
 		s.metric("server_capacity_estimate", "server-limited capacity, extrapolated (delivered/s ÷ server CPU share)", est, "items/s")
-		s.note("HARNESS-LIMITED PEAK: above it the harness could not offer the load (its core saturated) while the server still had CPU to spare; the extrapolated server capacity (%.0f deliveries/s at 100%% of its core) assumes CPU per item stays constant, which batching makes pessimistic", est)
+		s.note("HARNESS-LIMITED PEAK (%s): above it the harness could not offer the load while the server still had CPU to spare; the extrapolated server capacity (%.0f deliveries/s at 100%% of its core) assumes CPU per item stays constant, which batching makes pessimistic", facts, est)
+	default:
+		side := "server"
+		if hrn > srv {
+			side = "harness"
+		}
+		s.note("at the peak the busier side was the %s (%s)", side, facts)
 	}
 }

@@ -44,6 +44,7 @@ type Step struct {
 	HarnessCoreBusy float64 `json:"harness_core_busy_pct"`   // idem for the harness core
 	OtherCPUPct     float64 `json:"other_processes_cpu_pct"` // CPU used by other processes: >10 means the machine was not quiet
 	StealPct        float64 `json:"steal_pct"`               // hypervisor steal on the two pinned cores (max of the two)
+	UnexplainedPct  float64 `json:"unexplained_core_pct"`    // max over the two cores of core busy − its process's CPU (softirq, or something unseen)
 	ServerUsPerFrm  float64 `json:"server_cpu_us_per_frame"`
 	ServerUsPerItem float64 `json:"server_cpu_us_per_item"`
 	P50us           float64 `json:"lat_p50_us"`
@@ -76,13 +77,14 @@ func quantUs(h *hdrhistogram.Histogram, q float64) float64 {
 func (s *stepper) runStep(ctx context.Context, rate float64, dur time.Duration, purpose string) (Step, error) {
 	for try := 0; ; try++ {
 		st, err := s.measureStep(ctx, rate, dur, purpose)
-		if err != nil || st.OtherCPUPct <= 10 || s.sc.cfg.WaitQuiet <= 0 || try >= 2 || ctx.Err() != nil {
+		noisy := st.OtherCPUPct > 10 || st.UnexplainedPct > 20
+		if err != nil || !noisy || s.sc.cfg.WaitQuiet <= 0 || try >= 2 || ctx.Err() != nil {
 			if st.OtherCPUPct > s.sc.maxOther {
 				s.sc.maxOther = st.OtherCPUPct
 			}
 			return st, err
 		}
-		s.sc.logf("  step disturbed by other processes (%.0f%% of a core): repeating it when the machine is quiet", st.OtherCPUPct)
+		s.sc.logf("  step disturbed (other processes %.0f%% of a core, unexplained core time %.0f%%): repeating it when the machine is quiet", st.OtherCPUPct, st.UnexplainedPct)
 		s.sc.res.Retried++
 		waitQuiet(ctx, s.sc.cfg)
 	}
@@ -130,6 +132,9 @@ func (s *stepper) measureStep(ctx context.Context, rate float64, dur time.Durati
 	st.HarnessCoreBusy = busyPct(c0, c1, s.sc.cfg.HarnessCPU)
 	st.OtherCPUPct = otherPct(c0, c1, (srv1-srv0)+(h1-h0), el)
 	st.StealPct = max(stealPct(c0, c1, s.sc.cfg.ServerCPU), stealPct(c0, c1, s.sc.cfg.HarnessCPU))
+	if st.ServerCoreBusy >= 0 && st.HarnessCoreBusy >= 0 {
+		st.UnexplainedPct = max(0, st.ServerCoreBusy-st.ServerCPUPct, st.HarnessCoreBusy-st.HarnessCPUPct)
+	}
 	if f1 > f0 {
 		st.ServerUsPerFrm = (srv1 - srv0).Seconds() * 1e6 / float64(f1-f0)
 	}
