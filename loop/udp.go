@@ -37,10 +37,14 @@ type udpPort struct {
 type datagram struct {
 	from netip.AddrPort
 	buf  *bytebufferpool.ByteBuffer
+	held int64 // the buffer's capacity: what it costs against the queue's byte budget
 }
 
 const (
-	udpQueueLen      = 4096
+	// udpQueueLen lets the reader run ahead of a busy loop for tens of
+	// milliseconds at hundreds of thousands of datagrams a second; the
+	// byte budget (Config.UDPQueueBytes) is what bounds memory.
+	udpQueueLen      = 16384
 	udpDrainBatch    = 1024
 	udpSocketBufSize = 4 << 20
 	maxDatagram      = 64 << 10
@@ -108,7 +112,11 @@ func (u *udpPort) read(s *Server) {
 			s.udpEmpty.Add(1)
 			continue
 		}
-		if u.queuedBytes.Load()+int64(n) > u.maxBytes || len(u.queue) == cap(u.queue) {
+		b := bytebufferpool.Get()
+		b.B = append(b.B[:0], buf[:n]...)
+		held := int64(cap(b.B))
+		if u.queuedBytes.Load()+held > u.maxBytes || len(u.queue) == cap(u.queue) {
+			bytebufferpool.Put(b)
 			s.udpDropped.Add(1)
 			if !dropping {
 				dropping = true
@@ -117,10 +125,8 @@ func (u *udpPort) read(s *Server) {
 			continue
 		}
 		dropping = false
-		b := bytebufferpool.Get()
-		b.B = append(b.B[:0], buf[:n]...)
-		u.queuedBytes.Add(int64(n))
-		u.queue <- datagram{from: from, buf: b}
+		u.queuedBytes.Add(held)
+		u.queue <- datagram{from: from, buf: b, held: held}
 		if u.scheduled.CompareAndSwap(false, true) {
 			_ = s.el.Execute(context.Background(), u.drainTask)
 		}
@@ -133,7 +139,7 @@ func (st *state) drainUDP(u *udpPort) {
 	for range udpDrainBatch {
 		select {
 		case dg := <-u.queue:
-			u.queuedBytes.Add(-int64(dg.buf.Len()))
+			u.queuedBytes.Add(-dg.held)
 			switch {
 			case u.ch.closed:
 			case u.ch.policy == toMembers:
