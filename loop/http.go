@@ -35,6 +35,11 @@ func (st *state) openHTTP(c gnet.Conn, h *httpConn) gnet.Action {
 	if st.s.stopping.Load() {
 		return gnet.Close
 	}
+	if len(st.handshakes) >= st.cfg.MaxHandshakes {
+		st.c.HandshakesRefused++
+		st.handshakeFlood.note(st, h.peer)
+		return gnet.Close
+	}
 	st.handshakes[h] = c
 	return gnet.None
 }

@@ -247,3 +247,40 @@ func TestLargeAndSmallReadsKeepTheirOrder(t *testing.T) {
 		}
 	}
 }
+
+// Connections still sending their request head are capped: one more is
+// closed at once, and once a slot frees up requests are served again.
+func TestPendingHandshakesAreCapped(t *testing.T) {
+	s := testServer(t, func(c *Config) { c.MaxHandshakes = 2 })
+	addr := s.Addr().String()
+	var idle []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	// The accept goroutine hands connections to the loop one at a time, in
+	// order, so this one arrives with both slots taken.
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := extra.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("connection over the cap: read %d bytes, %v; want EOF", n, err)
+	}
+	idle[0].Close()
+	waitFor(t, func() bool {
+		resp, err := http.Get("http://" + addr + "/api/dispatch/v1/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	waitFor(t, func() bool { return s.Snapshot().HandshakesRefused >= 1 })
+}

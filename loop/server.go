@@ -28,6 +28,7 @@ type Config struct {
 	Secret           string        // shared bearer token
 	MaxHeadBytes     int           // request head bound (431 past it)
 	HandshakeTimeout time.Duration // time to complete a request head
+	MaxHandshakes    int           // connections still sending a request head; more are refused
 	MaxMessageBytes  int           // largest driver message (close 1009 past it)
 	MaxDriverPending int           // unsent bytes per driver (close 1008 past it)
 	MaxDevicePending int           // unsent WRITE bytes per device (device closed past it)
@@ -66,6 +67,7 @@ func DefaultConfig() Config {
 		Secret:           "testing",
 		MaxHeadBytes:     8192,
 		HandshakeTimeout: 10 * time.Second,
+		MaxHandshakes:    4096,
 		MaxMessageBytes:  1 << 20,
 		MaxDriverPending: 16 << 20,
 		MaxDevicePending: 1 << 20,
@@ -118,6 +120,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("max head bytes must be at least 256")
 	case cfg.HandshakeTimeout <= 0:
 		return nil, errors.New("handshake timeout must be positive")
+	case cfg.MaxHandshakes < 1:
+		return nil, errors.New("max handshakes must be positive")
 	case cfg.MaxMessageBytes < 64:
 		return nil, errors.New("max message bytes must be at least 64")
 	case cfg.MaxDriverPending < 64<<10:

@@ -23,8 +23,9 @@ type state struct {
 	// lingering are cut drivers whose close frame waits behind buffered output.
 	lingering map[*driver]time.Time
 
-	handshakes  map[*httpConn]gnet.Conn // connections still sending a request head
-	deviceConns int                     // device TCP connections on every port
+	handshakes     map[*httpConn]gnet.Conn // connections still sending a request head
+	handshakeFlood floodLog                // rate-limits the line for refused handshakes
+	deviceConns    int                     // device TCP connections on every port
 
 	out       outbox
 	flushTask gnet.Runnable
@@ -125,4 +126,20 @@ func (st *state) closeConn(c gnet.Conn) {
 		return
 	}
 	_ = st.s.el.Close(c)
+}
+
+// floodLog logs at most one line per interval for connections refused
+// because too many handshakes are pending, with the count since the last.
+type floodLog struct {
+	count  int
+	logged int64 // unix seconds of the last line
+}
+
+func (f *floodLog) note(st *state, peer string) {
+	f.count++
+	if now := st.now.Unix(); now-f.logged >= refusalLogInterval {
+		st.log.Warn("too many connections still sending a request head, refusing new ones",
+			"limit", st.cfg.MaxHandshakes, "refused", f.count, "last_peer", peer)
+		f.count, f.logged = 0, now
+	}
 }

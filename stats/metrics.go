@@ -65,6 +65,7 @@ var metrics = []metric{
 	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "any"}, func(s *Snapshot) uint64 { return s.HandshakeFailures }),
 	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "timeout"}, func(s *Snapshot) uint64 { return s.HandshakeTimeouts }),
 	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "head_too_large"}, func(s *Snapshot) uint64 { return s.HeadTooLarge }),
+	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "too_many_pending"}, func(s *Snapshot) uint64 { return s.HandshakesRefused }),
 	counter("accept_errors_total", "Failed accepts (e.g. out of file descriptors); accepting backs off and retries.", nil, func(s *Snapshot) uint64 { return s.AcceptErrors }),
 
 	counter("group_joins_total", "Socket group joins: TCP members joined, UDP members registered.", nil, func(s *Snapshot) uint64 { return s.GroupJoins }),

@@ -43,6 +43,7 @@ type Counters struct {
 	ProtocolErrors      uint64 // close 1002
 	HandshakeFailures   uint64 // any HTTP request answered with a 4xx, or timed out
 	HandshakeTimeouts   uint64
+	HandshakesRefused   uint64 // too many connections still sending a request head
 	HeadTooLarge        uint64
 	AcceptErrors        uint64
 	PortsOpened         uint64

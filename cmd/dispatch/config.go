@@ -79,6 +79,7 @@ func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
 	add(setting{"device-host", "", "DISPATCH_DEVICE_HOST", "host device ports bind to (empty: every interface)", false, (*stringValue)(&o.cfg.DeviceHost)})
 	add(setting{"max-head-bytes", "", "DISPATCH_MAX_HEAD_BYTES", "request head bound; past it: 431", false, (*intValue)(&o.cfg.MaxHeadBytes)})
 	add(setting{"handshake-timeout", "", "DISPATCH_HANDSHAKE_TIMEOUT", "time to send a complete request head", false, (*durationValue)(&o.cfg.HandshakeTimeout)})
+	add(setting{"max-handshakes", "", "DISPATCH_MAX_HANDSHAKES", "connections still sending a request head; more are refused", false, (*intValue)(&o.cfg.MaxHandshakes)})
 	add(setting{"max-message-bytes", "", "DISPATCH_MAX_MESSAGE_BYTES", "largest driver message; past it: close 1009", false, (*intValue)(&o.cfg.MaxMessageBytes)})
 	add(setting{"max-driver-pending", "", "DISPATCH_MAX_DRIVER_PENDING", "unsent bytes per driver; past it: close 1008", false, (*intValue)(&o.cfg.MaxDriverPending)})
 	add(setting{"max-device-pending", "", "DISPATCH_MAX_DEVICE_PENDING", "unsent WRITE bytes per device; past it the device is closed", false, (*intValue)(&o.cfg.MaxDevicePending)})
