@@ -20,7 +20,6 @@ type wpDriverHandler struct {
 	mu     sync.Mutex
 	ids    []uint64
 	closed atomic.Int64
-	bad    error
 }
 
 func (h *wpDriverHandler) begin(int64) {}

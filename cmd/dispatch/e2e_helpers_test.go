@@ -97,6 +97,14 @@ func startServer(t *testing.T) *server {
 // the token the helpers will present.
 func launchServer(t *testing.T, secret string, env ...string) *server {
 	t.Helper()
+	return launchWrapped(t, secret, nil, env...)
+}
+
+// launchWrapped is launchServer with the binary run through a wrapper
+// command (prlimit ... --, which execs it, so the process id is the
+// server's); nil for none.
+func launchWrapped(t *testing.T, secret string, wrapper []string, env ...string) *server {
+	t.Helper()
 	if !hasEnv(env, "SECRETS_PATH") {
 		env = append(env, "SECRETS_PATH="+t.TempDir())
 	}
@@ -105,7 +113,8 @@ func launchServer(t *testing.T, secret string, env ...string) *server {
 		logs:   &logBuffer{ready: make(chan string, 1)},
 		exited: make(chan struct{}),
 	}
-	s.cmd = exec.Command(dispatchBinary, "-p", "0")
+	argv := append(append([]string{}, wrapper...), dispatchBinary, "-p", "0")
+	s.cmd = exec.Command(argv[0], argv[1:]...)
 	s.cmd.Env = env
 	s.cmd.Stdout = s.logs
 	s.cmd.Stderr = s.logs

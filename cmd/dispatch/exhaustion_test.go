@@ -5,8 +5,6 @@ package main
 // caps refuse cleanly, without consuming ids, and are counted.
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +13,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -265,49 +262,6 @@ func openFileLimit(t *testing.T, pid int) int {
 	return 0
 }
 
-// launchWrapped is launchServer with the binary run through a wrapper
-// command (prlimit ... --, which execs it: the process id is the server's;
-// nil for none), and with the ready line recognised in JSON logs as well.
-func launchWrapped(t *testing.T, secret string, wrapper []string, env ...string) *server {
-	t.Helper()
-	if !hasEnv(env, "SECRETS_PATH") {
-		env = append(env, "SECRETS_PATH="+t.TempDir())
-	}
-	s := &server{
-		secret: secret,
-		logs:   &logBuffer{ready: make(chan string, 1)},
-		exited: make(chan struct{}),
-	}
-	tap := &jsonReadyTap{next: s.logs, ready: make(chan string, 1)}
-	argv := append(append([]string{}, wrapper...), dispatchBinary, "-p", "0")
-	s.cmd = exec.Command(argv[0], argv[1:]...)
-	s.cmd.Env = env
-	s.cmd.Stdout = tap
-	s.cmd.Stderr = tap
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("starting the server: %v", err)
-	}
-	go func() {
-		_ = s.cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(func() {
-		s.stop()
-		if t.Failed() {
-			t.Logf("server output:\n%s", s.logs.tail(16<<10))
-		}
-	})
-	select {
-	case s.addr = <-s.logs.ready:
-	case s.addr = <-tap.ready:
-	case <-s.exited:
-		t.Fatalf("server exited before listening:\n%s", s.logs.String())
-	case <-time.After(startTimeout):
-		t.Fatalf("no msg=listening line within %v:\n%s", startTimeout, s.logs.String())
-	}
-	return s
-}
-
 // pumped is one thing a driver received: a protocol message, a close frame
 // (closeCode set) or the error that ended reading.
 type pumped struct {
@@ -388,37 +342,4 @@ func describeMsg(m codec.Message) string {
 func isConnGone(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, net.ErrClosed)
-}
-
-// jsonReadyTap passes output on and reports the address of the first JSON
-// "listening" line (docs/interface.md: "msg":"listening","addr":"HOST:PORT").
-type jsonReadyTap struct {
-	next    io.Writer
-	mu      sync.Mutex
-	partial []byte
-	found   bool
-	ready   chan string
-}
-
-func (j *jsonReadyTap) Write(p []byte) (int, error) {
-	j.mu.Lock()
-	if !j.found {
-		j.partial = append(j.partial, p...)
-		for {
-			eol := bytes.IndexByte(j.partial, '\n')
-			if eol < 0 {
-				break
-			}
-			var line struct{ Msg, Addr string }
-			if json.Unmarshal(j.partial[:eol], &line) == nil && line.Msg == "listening" && line.Addr != "" {
-				j.found = true
-				j.ready <- line.Addr
-				j.partial = nil
-				break
-			}
-			j.partial = j.partial[eol+1:]
-		}
-	}
-	j.mu.Unlock()
-	return j.next.Write(p)
 }

@@ -752,19 +752,6 @@ func countLogLines(logs, substr string) int {
 	return n
 }
 
-// waitForLogCount waits until at least n log lines contain substr.
-func waitForLogCount(t *testing.T, s *server, substr string, n int, within time.Duration) bool {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for countLogLines(s.logs.String(), substr) < n {
-		if time.Now().After(deadline) || s.hasExited() {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond) // polling the log
-	}
-	return true
-}
-
 // broadcaster wakes every waiter whenever something changed.
 type broadcaster struct {
 	mu sync.Mutex
