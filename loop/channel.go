@@ -195,6 +195,15 @@ func (st *state) statsJSON() []byte {
 	return d.AppendJSON(nil)
 }
 
+// peerIP is a connection's remote address as accept lists compare it:
+// IPv4-mapped IPv6 as IPv4, without a zone.
+func peerIP(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap().WithZone("")
+	}
+	return netip.Addr{}
+}
+
 // acceptList is a session's set of admitted peer addresses.
 type acceptList struct {
 	addrs    []netip.Addr

@@ -28,10 +28,7 @@ type device struct {
 
 // newDevice runs on an accept goroutine: it only reads immutable data.
 func newDevice(ch *channel, c net.Conn) *device {
-	ip := netip.Addr{}
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		ip = ap.Addr().Unmap().WithZone("")
-	}
+	ip := peerIP(c)
 	return &device{ch: ch, ip: ip, ipText: []byte(ip.String())}
 }
 

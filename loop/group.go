@@ -330,10 +330,7 @@ type groupMember struct {
 
 // newGroupMember runs on the accept goroutine: it only reads immutable data.
 func newGroupMember(c net.Conn) *groupMember {
-	ip := netip.Addr{}
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		ip = ap.Addr().Unmap().WithZone("")
-	}
+	ip := peerIP(c)
 	return &groupMember{ip: ip, ipText: []byte(ip.String()), peer: c.RemoteAddr().String()}
 }
 
