@@ -1,300 +1,264 @@
 package loop
 
 import (
+	"cmp"
 	"errors"
-	"fmt"
-	"net"
 	"net/netip"
 	"slices"
-	"strings"
-
-	"github.com/placeos-gnet/dispatch/stats"
 )
 
-// proto names a device port's transport: TCP and UDP ports are separate
-// namespaces.
-type proto uint8
+// Key names a channel: the kind that owns it and a name unique within the
+// kind ("tcp"/"6001" is a dispatch port, a group id a socket group).
+type Key struct{ Kind, Name string }
 
-const (
-	protoTCP proto = iota
-	protoUDP
-)
+func (k Key) String() string { return k.Kind + ":" + k.Name }
 
-func (p proto) String() string {
-	if p == protoUDP {
-		return "udp"
-	}
-	return "tcp"
+// Policy says where a channel's member events go.
+type Policy struct {
+	// ToUpstreams: a member's events (opened, data, closed) go to the
+	// upstreams whose filter admits it.
+	ToUpstreams bool
+	// ToMembers: a member's payload goes to every other member that may read.
+	ToMembers bool
+	// Announce: an upstream that attaches late is sent an opened event for
+	// every member already there that it admits, in id order.
+	Announce bool
 }
 
-// policy says where a channel's member payload goes.
-type policy uint8
+// Owner is the kind's side of a channel: what happens when the channel's
+// upstreams change is the kind's business (a dispatch port closes with its
+// last driver, a socket group outlives its drivers).
+type Owner interface {
+	Detached(ch *Channel, u *Upstream)
+}
 
-const (
-	// toUpstreams: a dispatch port; members are heard by the drivers that admit them.
-	toUpstreams policy = iota
-	// toMembers: a socket group; members are heard by every other member and
-	// by the drivers that admit them.
-	toMembers
-)
+// Channel is a fan-out set: members that produce and consume payloads,
+// upstreams that see the channel multiplexed, and a policy. Every member
+// event enters through Publish.
+type Channel struct {
+	Key    Key
+	Policy Policy
 
-// channel is a fan-out set: a device port whose members (device connections
-// or UDP peers) produce payloads and whose upstreams (driver sessions) hear
-// the members their accept list admits. A dispatch port exists exactly while
-// it has at least one upstream; a socket group outlives its upstreams.
-type channel struct {
-	proto     proto
-	port      int
-	policy    policy
-	group     *socketGroup // socket groups only
-	upstreams []*driver
-	// version changes whenever upstreams change, so cached per-member
-	// routing can tell it is stale.
+	hub       *Hub
+	owner     Owner
+	members   []*Member // in no order; each knows its slot
+	upstreams []*Upstream
+	// version changes whenever upstreams change, so that cached per-member
+	// interest can tell it is stale.
 	version uint64
 	closed  bool
-
-	// TCP
-	ln      net.Listener
-	members map[uint64]*device
-	nextID  uint64
-	refused refusalLog
-
-	// UDP
-	udp *udpPort
 }
 
-func (st *state) portMap(p proto) map[int]*channel {
-	if p == protoUDP {
-		return st.udp
-	}
-	return st.tcp
+// Member is an endpoint that produces and consumes a channel's payloads: a
+// device connection, a UDP peer, a group member, a WebSocket client. A kind
+// embeds it in its own record of the peer.
+type Member struct {
+	ID     uint64     // as upstreams address it; unique in the channel unless the kind says otherwise
+	IP     netip.Addr // for upstream filters
+	IPText []byte     // the IP as upstream formats carry it
+	Label  []byte     // the kind's own name for it, for formats that carry one
+
+	// Conn is the member's connection: payloads for it are queued there.
+	// Nil for a peer without a connection of its own (a UDP peer).
+	Conn *Endpoint
+	// Recv hears payloads for a member without a Conn; nil: it hears nothing.
+	Recv Receiver
+	// ReadOnly members' payloads are discarded (and counted); WriteOnly
+	// members are never queued anything.
+	ReadOnly, WriteOnly bool
+	// Transient members (the sources of datagrams) never join: their
+	// identity changes with every event, so their interest is not cached.
+	Transient bool
+
+	ch              *Channel
+	slot            int
+	interest        []*Upstream
+	interestVersion uint64
 }
 
-// channelFor returns the open channel for a port, opening (binding) it if
-// this is its first session.
-func (st *state) channelFor(p proto, port int) (*channel, error) {
-	if ch, ok := st.portMap(p)[port]; ok {
-		return ch, nil
+// Receiver hears the payloads of a member that has no connection of its
+// own: a UDP peer the payload is sent to at once.
+type Receiver interface {
+	Receive(data []byte)
+}
+
+// Upstream is an endpoint that sees a channel multiplexed: every member's
+// events, tagged with its identity, for the members its filter admits.
+type Upstream struct {
+	Out    *Endpoint
+	Filter Filter // nil admits every member
+	ch     *Channel
+}
+
+// Filter decides which members an upstream hears.
+type Filter interface {
+	Admits(m *Member) bool
+}
+
+func (u *Upstream) admits(m *Member) bool { return u.Filter == nil || u.Filter.Admits(m) }
+
+// Channel returns the channel the upstream is attached to, or nil.
+func (u *Upstream) Channel() *Channel { return u.ch }
+
+// ErrTooManyChannels refuses a channel past its kind's cap.
+var ErrTooManyChannels = errors.New("too many channels of this kind")
+
+// OpenChannel creates a channel; max caps the open channels of its kind
+// (max < 1: no cap). The caller checked that the key is free.
+func (h *Hub) OpenChannel(key Key, p Policy, owner Owner, max int) (*Channel, error) {
+	if max > 0 && h.kindChannels[key.Kind] >= max {
+		h.refusedChannels[key.Kind]++
+		return nil, ErrTooManyChannels
 	}
-	if st.s.stopping.Load() {
-		return nil, errors.New("server shutting down")
-	}
-	addr := net.JoinHostPort(st.cfg.DeviceHost, fmt.Sprint(port))
-	ch := &channel{proto: p, port: port, version: 1}
-	if p == protoUDP {
-		u, err := st.openUDP(ch, addr)
-		if err != nil {
-			return nil, err
-		}
-		ch.udp = u
-	} else {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, err
-		}
-		ch.ln = ln
-		ch.members = make(map[uint64]*device)
-		st.s.acceptWG.Add(1)
-		go st.s.acceptLoop(ln, "device", func(c net.Conn) any { return newDevice(ch, c) })
-	}
-	st.portMap(p)[port] = ch
-	st.c.PortsOpened++
-	st.log.Info("device port opened", "proto", p.String(), "port", port)
+	ch := &Channel{Key: key, Policy: p, hub: h, owner: owner, version: 1}
+	h.channels[key] = ch
+	h.kindChannels[key.Kind]++
 	return ch, nil
 }
 
-// closeChannel closes the listener and drops every member.
-func (st *state) closeChannel(ch *channel) {
+// Channel returns the open channel for key, or nil.
+func (h *Hub) Channel(key Key) *Channel { return h.channels[key] }
+
+// Channels returns how many channels of a kind are open.
+func (h *Hub) Channels(kind string) int { return h.kindChannels[kind] }
+
+// Close ends the channel: every member with a connection is ended (its
+// kind hears of it through the member's role and makes it leave, which the
+// upstreams are told), members without one just leave, and upstreams are
+// detached without being ended (an upstream may serve other channels).
+func (ch *Channel) Close() {
 	if ch.closed {
 		return
 	}
 	ch.closed = true
-	delete(st.portMap(ch.proto), ch.port)
-	switch ch.proto {
-	case protoTCP:
-		_ = ch.ln.Close()
-		for _, dv := range ch.members {
-			st.dropDevice(dv)
+	for _, m := range slices.Clone(ch.members) {
+		if m.Conn != nil {
+			m.Conn.End(EndChannelClosed, "")
 		}
-	case protoUDP:
-		st.closeUDP(ch.udp)
+		ch.Leave(m)
 	}
-	ch.refused.flush(st, ch)
-	st.c.PortsClosed++
-	st.log.Info("device port closed", "proto", ch.proto.String(), "port", ch.port)
-}
-
-func (st *state) registerDriver(d *driver, ch *channel) {
-	d.ch = ch
-	ch.upstreams = append(ch.upstreams, d)
+	for _, u := range ch.upstreams {
+		u.ch = nil
+	}
+	ch.upstreams = nil
 	ch.version++
-	st.drivers[d] = struct{}{}
-	st.c.DriversAccepted++
-	st.log.Info("driver registered", "proto", ch.proto.String(), "port", ch.port,
-		"peer", d.peer, "module", d.module, "accept", d.accept.String())
+	h := ch.hub
+	delete(h.channels, ch.Key)
+	h.kindChannels[ch.Key.Kind]--
 }
 
-// unregisterDriver removes a session from its channel. The last session
-// closes the channel; otherwise devices whose IP no session admits any more
-// are closed.
-func (st *state) unregisterDriver(d *driver) {
-	ch := d.ch
-	if ch == nil {
+// Closed reports whether the channel was closed.
+func (ch *Channel) Closed() bool { return ch.closed }
+
+// Join adds m to the channel and announces it to the upstreams that admit it.
+func (ch *Channel) Join(m *Member) {
+	m.ch = ch
+	m.slot = len(ch.members)
+	ch.members = append(ch.members, m)
+	ch.Publish(MemberOpened, m, false, nil)
+}
+
+// Leave removes m and announces that it left. A member that is not in the
+// channel is ignored.
+func (ch *Channel) Leave(m *Member) {
+	if m.ch != ch {
 		return
 	}
-	d.ch = nil
-	delete(st.drivers, d)
-	st.c.DriversClosed++
-	i := slices.Index(ch.upstreams, d)
-	if i < 0 {
+	last := len(ch.members) - 1
+	moved := ch.members[last]
+	ch.members[m.slot], moved.slot = moved, m.slot
+	ch.members[last] = nil
+	ch.members = ch.members[:last]
+	m.ch = nil
+	ch.Publish(MemberClosed, m, false, nil)
+}
+
+// Members returns how many members the channel has.
+func (ch *Channel) Members() int { return len(ch.members) }
+
+// EachMember calls fn for every member; fn must not make members join or leave.
+func (ch *Channel) EachMember(fn func(*Member)) {
+	for _, m := range ch.members {
+		fn(m)
+	}
+}
+
+// Upstreams returns how many upstreams are attached.
+func (ch *Channel) Upstreams() int { return len(ch.upstreams) }
+
+// Attach adds an upstream; a late upstream is told of the members already
+// there when the policy asks for it.
+func (ch *Channel) Attach(u *Upstream) {
+	u.ch = ch
+	ch.upstreams = append(ch.upstreams, u)
+	ch.version++
+	if !ch.Policy.Announce {
 		return
 	}
+	present := make([]*Member, 0, len(ch.members))
+	for _, m := range ch.members {
+		if u.admits(m) {
+			present = append(present, m)
+		}
+	}
+	slices.SortFunc(present, func(a, b *Member) int {
+		return cmp.Or(cmp.Compare(a.ID, b.ID), a.IP.Compare(b.IP))
+	})
+	h := ch.hub
+	for _, m := range present {
+		h.enc.next()
+		h.ev = Event{Type: MemberOpened, Member: m}
+		h.deliver(u.Out, &h.ev)
+	}
+	h.scheduleFlush()
+}
+
+// Detach removes an upstream and tells the channel's kind.
+func (ch *Channel) Detach(u *Upstream) {
+	if u.ch != ch {
+		return
+	}
+	u.ch = nil
+	i := slices.Index(ch.upstreams, u)
 	ch.upstreams = slices.Delete(ch.upstreams, i, i+1)
 	ch.version++
-	st.log.Info("driver left", "proto", ch.proto.String(), "port", ch.port, "peer", d.peer)
-	if ch.closed {
-		return
-	}
-	if ch.policy == toMembers {
-		// Members joined the group, not a session: they stay.
-		st.forgetIdleGroup(ch)
-		return
-	}
-	if len(ch.upstreams) == 0 {
-		st.closeChannel(ch)
-		return
-	}
-	if ch.proto == protoTCP {
-		for _, dv := range ch.members {
-			if !ch.admits(dv.ip) {
-				st.dropDevice(dv)
-			}
-		}
+	if !ch.closed {
+		ch.owner.Detached(ch, u)
 	}
 }
 
-func (ch *channel) admits(ip netip.Addr) bool {
-	for _, d := range ch.upstreams {
-		if d.accept.contains(ip) {
+// Admits reports whether any upstream admits m.
+func (ch *Channel) Admits(m *Member) bool {
+	for _, u := range ch.upstreams {
+		if u.admits(m) {
 			return true
 		}
 	}
 	return false
 }
 
-// dispatchStats renders the stats document for every open port.
-func (st *state) statsJSON() []byte {
-	var d stats.Dispatch
-	for port, ch := range st.udp {
-		d.UDPListeners = append(d.UDPListeners, stats.PortCount{Port: port, Count: len(ch.upstreams)})
-	}
-	for port, ch := range st.tcp {
-		d.TCPListeners = append(d.TCPListeners, stats.PortCount{Port: port, Count: len(ch.upstreams)})
-		d.TCPClients = append(d.TCPClients, stats.PortCount{Port: port, Count: len(ch.members)})
-	}
-	return d.AppendJSON(nil)
-}
-
-// peerIP is a connection's remote address as accept lists compare it:
-// IPv4-mapped IPv6 as IPv4, without a zone.
-func peerIP(c net.Conn) netip.Addr {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return a.AddrPort().Addr().Unmap().WithZone("")
-	}
-	return netip.Addr{}
-}
-
-// acceptList is a session's set of admitted peer addresses.
-type acceptList struct {
-	addrs    []netip.Addr
-	prefixes []netip.Prefix
-}
-
-// parseAcceptList splits on commas; entries are trimmed, empty ones dropped,
-// duplicates removed; each is an IP (IPv4-mapped IPv6 is its IPv4 form) or a
-// CIDR range.
-func parseAcceptList(s string) (acceptList, error) {
-	var a acceptList
-	for _, entry := range strings.Split(s, ",") {
-		entry = strings.TrimSpace(entry)
-		if entry == "" {
-			continue
-		}
-		if strings.Contains(entry, "/") {
-			p, err := netip.ParsePrefix(entry)
-			if err != nil {
-				return acceptList{}, err
+// interested returns the upstreams that admit m. A member's list is cached
+// until the upstreams change, and rebuilt into a new slice so that a caller
+// still walking the old one is not disturbed.
+func (ch *Channel) interested(m *Member) []*Upstream {
+	if m.Transient {
+		h := ch.hub
+		h.transient = h.transient[:0]
+		for _, u := range ch.upstreams {
+			if u.admits(m) {
+				h.transient = append(h.transient, u)
 			}
-			if p.Addr().Is4In6() && p.Bits() >= 96 {
-				p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		return h.transient
+	}
+	if m.interestVersion != ch.version {
+		var list []*Upstream
+		for _, u := range ch.upstreams {
+			if u.admits(m) {
+				list = append(list, u)
 			}
-			p = p.Masked()
-			if !slices.Contains(a.prefixes, p) {
-				a.prefixes = append(a.prefixes, p)
-			}
-			continue
 		}
-		ip, err := netip.ParseAddr(entry)
-		if err != nil {
-			return acceptList{}, err
-		}
-		ip = ip.Unmap().WithZone("")
-		if !slices.Contains(a.addrs, ip) {
-			a.addrs = append(a.addrs, ip)
-		}
+		m.interest, m.interestVersion = list, ch.version
 	}
-	return a, nil
-}
-
-func (a *acceptList) contains(ip netip.Addr) bool {
-	for _, x := range a.addrs {
-		if x == ip {
-			return true
-		}
-	}
-	for _, p := range a.prefixes {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
-
-func (a *acceptList) String() string {
-	parts := make([]string, 0, len(a.addrs)+len(a.prefixes))
-	for _, x := range a.addrs {
-		parts = append(parts, x.String())
-	}
-	for _, p := range a.prefixes {
-		parts = append(parts, p.String())
-	}
-	return strings.Join(parts, ",")
-}
-
-// refusalLog rate-limits the log line for refused peers: one line per port
-// per interval, carrying the count since the last line.
-type refusalLog struct {
-	count  int
-	last   netip.Addr
-	logged int64 // unix seconds of the last line
-}
-
-const refusalLogInterval = 10 // seconds
-
-func (r *refusalLog) note(st *state, ch *channel, ip netip.Addr) {
-	r.count++
-	r.last = ip
-	if now := st.now.Unix(); now-r.logged >= refusalLogInterval {
-		r.flush(st, ch)
-		r.logged = now
-	}
-}
-
-func (r *refusalLog) flush(st *state, ch *channel) {
-	if r.count == 0 {
-		return
-	}
-	st.log.Info("refused peers not on any accept list", "proto", ch.proto.String(), "port", ch.port,
-		"count", r.count, "last_peer", r.last.String())
-	r.count = 0
+	return m.interest
 }

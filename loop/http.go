@@ -3,16 +3,12 @@ package loop
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -21,242 +17,113 @@ import (
 	"github.com/placeos-gnet/dispatch/codec"
 )
 
+// Route answers one request on the loop: with a response, or by upgrading
+// the connection to a WebSocket.
+type Route func(r *Request)
+
+// Request is a complete request head waiting for its answer.
+type Request struct {
+	*http.Request
+	Peer string
+
+	hub      *Hub
+	hc       *httpConn
+	conn     gnet.Conn
+	head     []byte
+	answered bool
+	ws       *WSConn
+}
+
 // httpConn is a connection that has not finished its request head.
 type httpConn struct {
+	hub  *Hub
 	born time.Time
 	peer string
 }
 
-func newHTTPConn(c net.Conn) *httpConn {
-	return &httpConn{born: time.Now(), peer: c.RemoteAddr().String()}
+func newHTTPConn(h *Hub, c net.Conn) *httpConn {
+	return &httpConn{hub: h, born: time.Now(), peer: c.RemoteAddr().String()}
 }
 
-func (st *state) openHTTP(c gnet.Conn, h *httpConn) gnet.Action {
-	if st.s.stopping.Load() {
+func (hc *httpConn) opened(c gnet.Conn) gnet.Action {
+	h := hc.hub
+	if h.Stopping() {
 		return gnet.Close
 	}
-	if len(st.handshakes) >= st.cfg.MaxHandshakes {
-		st.c.HandshakesRefused++
-		st.handshakeFlood.note(st, h.peer)
+	if len(h.handshakes) >= h.cfg.MaxHandshakes {
+		h.c.HandshakesRefused++
+		if h.handshakeFlood.Due(h.now) {
+			h.log.Warn("too many connections still sending a request head, refusing new ones",
+				"limit", h.cfg.MaxHandshakes, "refused", h.handshakeFlood.Take(), "last_peer", hc.peer)
+		}
 		return gnet.Close
 	}
-	st.handshakes[h] = c
+	h.handshakes[hc] = c
 	return gnet.None
 }
 
-func (st *state) closeHTTP(h *httpConn) {
-	delete(st.handshakes, h)
-}
+func (hc *httpConn) closed(gnet.Conn, error) { delete(hc.hub.handshakes, hc) }
 
-// httpTraffic buffers the request head (gnet keeps unread bytes for us) and
+// traffic buffers the request head (gnet keeps unread bytes for us) and
 // answers it once complete.
-func (st *state) httpTraffic(c gnet.Conn, h *httpConn) gnet.Action {
+func (hc *httpConn) traffic(c gnet.Conn) gnet.Action {
+	h := hc.hub
 	buf, _ := c.Peek(-1)
-	headLen, err := codec.RequestHeadLength(buf, st.cfg.MaxHeadBytes)
+	headLen, err := codec.RequestHeadLength(buf, h.cfg.MaxHeadBytes)
+	r := &Request{Peer: hc.peer, hub: h, hc: hc, conn: c}
 	switch {
 	case errors.Is(err, codec.ErrHeadTooLarge):
-		st.c.HeadTooLarge++
-		return st.refuse(c, h, http.StatusRequestHeaderFieldsTooLarge, "request head too large")
+		h.c.HeadTooLarge++
+		r.Error(http.StatusRequestHeaderFieldsTooLarge, "request head too large", "")
+		return gnet.Close
 	case err != nil:
-		return st.refuse(c, h, http.StatusBadRequest, "malformed request")
+		r.Error(http.StatusBadRequest, "malformed request", "")
+		return gnet.Close
 	case headLen == 0:
 		return gnet.None
 	}
 	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(buf[:headLen])))
 	if err != nil {
-		return st.refuse(c, h, http.StatusBadRequest, "malformed request")
-	}
-	head := buf[:headLen]
-	action := st.route(c, h, req, head)
-	if action == gnet.None {
-		// Upgraded: frames the client sent right behind its head are ours now.
-		_, _ = c.Discard(headLen)
-		if c.InboundBuffered() > 0 {
-			return st.driverTraffic(c, c.Context().(*driver))
-		}
-	}
-	return action
-}
-
-const (
-	basePath   = "/api/dispatch/v1"
-	legacyPath = "/api/server"
-)
-
-// route answers one request. It returns gnet.None only when the connection
-// was upgraded to a driver session.
-func (st *state) route(c gnet.Conn, h *httpConn, req *http.Request, head []byte) gnet.Action {
-	path := req.URL.Path
-	var rest string
-	switch {
-	case strings.HasPrefix(path, basePath):
-		rest = path[len(basePath):]
-	case strings.HasPrefix(path, legacyPath):
-		rest = path[len(legacyPath):]
-	default:
-		return st.refuse(c, h, http.StatusNotFound, "not found")
-	}
-	if req.Method != http.MethodGet {
-		return st.refuse(c, h, http.StatusNotFound, "not found")
-	}
-	switch rest {
-	case "/healthz":
-		return st.respond(c, h, http.StatusOK, "", nil)
-	case "/version":
-		return st.respond(c, h, http.StatusOK, "application/json", st.versionJSON())
-	case "", "/":
-		if !st.authorised(req) {
-			return st.unauthorised(c, h)
-		}
-		return st.respond(c, h, http.StatusOK, "application/json", st.statsJSON())
-	case "/tcp_dispatch":
-		return st.upgradeDriver(c, h, req, head, protoTCP)
-	case "/udp_dispatch":
-		return st.upgradeDriver(c, h, req, head, protoUDP)
-	case "/group_dispatch":
-		return st.upgradeGroupDriver(c, h, req, head)
-	case "/groups":
-		if !st.authorised(req) {
-			return st.unauthorised(c, h)
-		}
-		return st.respond(c, h, http.StatusOK, "application/json", st.groupsJSON())
-	}
-	return st.refuse(c, h, http.StatusNotFound, "not found")
-}
-
-// authorised reads the token as the original does: the Authorization header
-// wins whenever it is present, even empty; otherwise the bearer_token query.
-func (st *state) authorised(req *http.Request) bool {
-	var token string
-	if values, present := req.Header["Authorization"]; present {
-		token = strings.TrimRight(strings.TrimPrefix(values[0], "Bearer "), " \t\r\n")
-	} else {
-		token = strings.TrimSpace(req.URL.Query().Get("bearer_token"))
-	}
-	// Comparing digests keeps the comparison constant-time in the length too.
-	sum := sha256.Sum256([]byte(token))
-	return subtle.ConstantTimeCompare(sum[:], st.s.secretSum[:]) == 1
-}
-
-func (st *state) unauthorised(c gnet.Conn, h *httpConn) gnet.Action {
-	st.log.Info("refused request: invalid token", "peer", h.peer)
-	st.c.HandshakeFailures++
-	return st.respond(c, h, http.StatusUnauthorized, "application/json", []byte(`{"error":"invalid authorisation token"}`))
-}
-
-// upgradeRequest runs the checks every upgrade route shares: the token, the
-// Upgrade header, a parsable query. Unless it returns gnet.None, the request
-// has been answered; param names the parameter a bad query is blamed on.
-func (st *state) upgradeRequest(c gnet.Conn, h *httpConn, req *http.Request, param string) (url.Values, gnet.Action) {
-	if !st.authorised(req) {
-		return nil, st.unauthorised(c, h)
-	}
-	if !headerHasToken(req.Header, "Upgrade", "websocket") {
-		st.c.HandshakeFailures++
-		return nil, st.respondHeaders(c, h, http.StatusUpgradeRequired, "text/plain",
-			"Upgrade: websocket\r\n", []byte("This service requires use of the WebSocket protocol"))
-	}
-	query, err := url.ParseQuery(req.URL.RawQuery)
-	if err != nil {
-		return nil, st.paramError(c, h, http.StatusBadRequest, param, "invalid query string")
-	}
-	return query, gnet.None
-}
-
-// upgradeDriver validates a dispatch request, binds the device port if this
-// is its first session, and only then answers 101.
-func (st *state) upgradeDriver(c gnet.Conn, h *httpConn, req *http.Request, head []byte, p proto) gnet.Action {
-	query, refused := st.upgradeRequest(c, h, req, "port")
-	if refused != gnet.None {
-		return refused
-	}
-	portValues, ok := query["port"]
-	if !ok {
-		return st.paramError(c, h, http.StatusUnprocessableEntity, "port", "missing required parameter 'port'")
-	}
-	acceptValues, ok := query["accept"]
-	if !ok {
-		return st.paramError(c, h, http.StatusUnprocessableEntity, "accept", "missing required parameter 'accept'")
-	}
-	port, err := strconv.Atoi(strings.TrimSpace(portValues[0]))
-	if err != nil || port < 1 || port > 65535 {
-		return st.paramError(c, h, http.StatusBadRequest, "port", "invalid parameter value for 'port'")
-	}
-	accept, err := parseAcceptList(acceptValues[0])
-	if err != nil {
-		return st.paramError(c, h, http.StatusBadRequest, "accept", "invalid parameter value for 'accept'")
-	}
-
-	// The 101 is composed before the port is bound, and sent after.
-	answer, ok := st.websocketAnswer(c, h, head)
-	if !ok {
+		r.Error(http.StatusBadRequest, "malformed request", "")
 		return gnet.Close
 	}
-
-	ch, err := st.channelFor(p, port)
-	if err != nil {
-		st.c.HandshakeFailures++
-		st.log.Warn("cannot open device port", "proto", p.String(), "port", port, "peer", h.peer, "err", err)
-		body := appendJSONError(nil, err.Error(), "port")
-		return st.respond(c, h, http.StatusConflict, "application/json", body)
+	r.Request, r.head = req, buf[:headLen]
+	if route, ok := h.routes[req.URL.Path]; ok {
+		route(r)
+	} else {
+		r.Error(http.StatusNotFound, "not found", "")
 	}
-	st.attachDriver(c, h, req, answer, accept, ch)
+	if r.ws == nil {
+		if !r.answered {
+			r.Error(http.StatusInternalServerError, "no answer", "")
+		}
+		return gnet.Close
+	}
+	// Upgraded: frames the client sent right behind its head are the
+	// WebSocket's now.
+	_, _ = c.Discard(headLen)
+	if c.InboundBuffered() > 0 {
+		return r.ws.traffic(c)
+	}
 	return gnet.None
 }
 
-// websocketAnswer lets gobwas/ws validate the handshake and compose the 101
-// before anything is bound or attached; a refusal is answered and reported as false.
-func (st *state) websocketAnswer(c gnet.Conn, h *httpConn, head []byte) ([]byte, bool) {
-	var answer bytes.Buffer
-	if _, err := (ws.Upgrader{}).Upgrade(struct {
-		io.Reader
-		io.Writer
-	}{bytes.NewReader(head), &answer}); err != nil {
-		st.c.HandshakeFailures++
-		st.log.Info("refused websocket handshake", "peer", h.peer, "err", err)
-		_, _ = c.Write(answer.Bytes())
-		delete(st.handshakes, h)
-		return nil, false
+// Respond writes a complete response and closes the connection: plain
+// requests are rare (health checks, stats), so keep-alive buys nothing. A
+// status of 400 and up counts as a failed handshake.
+func (r *Request) Respond(status int, contentType string, body []byte) {
+	r.RespondHeaders(status, contentType, "", body)
+}
+
+// RespondHeaders is Respond with extra header lines (each ending in CRLF).
+func (r *Request) RespondHeaders(status int, contentType, extra string, body []byte) {
+	if r.answered {
+		return
 	}
-	return answer.Bytes(), true
-}
-
-// attachDriver completes an upgrade: the 101 goes out and the connection
-// becomes a driver session on ch.
-func (st *state) attachDriver(c gnet.Conn, h *httpConn, req *http.Request, answer []byte, accept acceptList, ch *channel) *driver {
-	delete(st.handshakes, h)
-	_, _ = c.Write(answer)
-	d := &driver{
-		sink:   sink{conn: c},
-		peer:   h.peer,
-		accept: accept,
-		module: req.Header.Get("X-Module-ID"),
+	r.answered = true
+	if status >= 400 {
+		r.hub.c.HandshakeFailures++
 	}
-	c.SetContext(d)
-	st.registerDriver(d, ch)
-	return d
-}
-
-func (st *state) paramError(c gnet.Conn, h *httpConn, status int, param, msg string) gnet.Action {
-	st.c.HandshakeFailures++
-	st.log.Info("refused dispatch request", "peer", h.peer, "status", status, "parameter", param)
-	return st.respond(c, h, status, "application/json", appendJSONError(nil, msg, param))
-}
-
-// refuse answers a request the server will not serve, with a JSON body.
-func (st *state) refuse(c gnet.Conn, h *httpConn, status int, msg string) gnet.Action {
-	st.c.HandshakeFailures++
-	st.log.Debug("refused request", "peer", h.peer, "status", status, "reason", msg)
-	return st.respond(c, h, status, "application/json", appendJSONError(nil, msg, ""))
-}
-
-func (st *state) respond(c gnet.Conn, h *httpConn, status int, contentType string, body []byte) gnet.Action {
-	return st.respondHeaders(c, h, status, contentType, "", body)
-}
-
-// respondHeaders writes a complete response and closes the connection:
-// plain requests are rare (health checks, stats), so keep-alive buys nothing.
-func (st *state) respondHeaders(c gnet.Conn, h *httpConn, status int, contentType, extra string, body []byte) gnet.Action {
 	b := make([]byte, 0, 160+len(body))
 	b = append(b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(status), 10)
@@ -273,47 +140,66 @@ func (st *state) respondHeaders(c gnet.Conn, h *httpConn, status int, contentTyp
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\nConnection: close\r\n\r\n"...)
 	b = append(b, body...)
-	_, _ = c.Write(b)
-	delete(st.handshakes, h)
-	return gnet.Close
+	_, _ = r.conn.Write(b)
+	delete(r.hub.handshakes, r.hc)
 }
 
-func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for _, part := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(part), token) {
-				return true
-			}
-		}
-	}
-	return false
+// Error answers with a JSON body {"error":msg[,"parameter":param]}.
+func (r *Request) Error(status int, msg, param string) {
+	r.Respond(status, "application/json", AppendJSONError(nil, msg, param))
 }
 
-// appendJSONError renders {"error":msg[,"parameter":param]}.
-func appendJSONError(dst []byte, msg, param string) []byte {
+// AppendJSONError renders {"error":msg[,"parameter":param]}.
+func AppendJSONError(dst []byte, msg, param string) []byte {
 	dst = append(dst, `{"error":`...)
-	dst = appendJSONString(dst, msg)
+	dst = AppendJSONString(dst, msg)
 	if param != "" {
 		dst = append(dst, `,"parameter":`...)
-		dst = appendJSONString(dst, param)
+		dst = AppendJSONString(dst, param)
 	}
 	return append(dst, '}')
 }
 
-func (st *state) versionJSON() []byte {
-	v := st.cfg.Version
-	b := []byte(`{"service":"dispatch","commit":`)
-	b = appendJSONString(b, v.Commit)
-	b = append(b, `,"version":`...)
-	b = appendJSONString(b, v.Version)
-	b = append(b, `,"build_time":`...)
-	b = appendJSONString(b, v.BuildTime)
-	b = append(b, `,"platform_version":`...)
-	b = appendJSONString(b, v.PlatformVersion)
-	return append(b, '}')
-}
-
-func appendJSONString(dst []byte, s string) []byte {
+// AppendJSONString appends s as a JSON string.
+func AppendJSONString(dst []byte, s string) []byte {
 	quoted, _ := json.Marshal(s) // a string always marshals
 	return append(dst, quoted...)
+}
+
+// Accept lets gobwas/ws validate the handshake and compose the 101, before
+// the route binds or attaches anything; a refusal is answered (in
+// text/plain, as gobwas/ws writes it) and reported as false.
+func (r *Request) Accept() ([]byte, bool) {
+	var answer bytes.Buffer
+	if _, err := (ws.Upgrader{}).Upgrade(struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(r.head), &answer}); err != nil {
+		r.answered = true
+		r.hub.c.HandshakeFailures++
+		r.hub.log.Info("refused websocket handshake", "peer", r.Peer, "err", err)
+		_, _ = r.conn.Write(answer.Bytes())
+		delete(r.hub.handshakes, r.hc)
+		return nil, false
+	}
+	return answer.Bytes(), true
+}
+
+// Upgrade sends the 101 Accept composed and makes the connection a
+// WebSocket endpoint with the given role.
+func (r *Request) Upgrade(answer []byte, role WSRole, opts WSOptions) *WSConn {
+	h := r.hub
+	r.answered = true
+	delete(h.handshakes, r.hc)
+	_, _ = r.conn.Write(answer)
+	c := &WSConn{role: role, maxMessage: opts.MaxMessage}
+	c.Peer = r.Peer
+	if a, ok := r.conn.RemoteAddr().(*net.TCPAddr); ok {
+		c.IP = a.AddrPort().Addr().Unmap().WithZone("")
+		c.IPText = []byte(c.IP.String())
+	}
+	c.init(h, r.conn, opts.Class, c, opts.Output)
+	r.conn.SetContext(c)
+	r.ws = c
+	return c
 }

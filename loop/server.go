@@ -1,16 +1,18 @@
-// Package loop is the reactor: one gnet event loop owns every socket (HTTP
-// and WebSocket clients, device TCP connections) and all routing state.
-// Goroutines only block on sockets (accept, UDP reads) and post to the loop.
+// Package loop is the core: one gnet event loop owns every socket (HTTP and
+// WebSocket clients, raw TCP peers) and all routing state, organised as a
+// hub of channels with members, upstreams and a policy. Kinds of channel
+// (dispatch ports, socket groups, …) live in packages of their own and
+// register their routes, tickers and metrics here; this package never names
+// one. Goroutines only block on sockets (accept, UDP reads) and post to the
+// loop.
 package loop
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,86 +22,54 @@ import (
 	"github.com/placeos-gnet/dispatch/stats"
 )
 
-// Config is everything the server needs; cmd/dispatch fills it from flags
-// and the environment.
+// Config is what the core needs; each kind has a configuration of its own.
 type Config struct {
 	HTTPAddr         string        // host:port for HTTP and WebSockets
-	DeviceHost       string        // host device ports bind to; "" is every interface
-	Secret           string        // shared bearer token
 	MaxHeadBytes     int           // request head bound (431 past it)
 	HandshakeTimeout time.Duration // time to complete a request head
 	MaxHandshakes    int           // connections still sending a request head; more are refused
-	MaxMessageBytes  int           // largest driver message (close 1009 past it)
-	MaxDriverPending int           // unsent bytes per driver (close 1008 past it)
-	MaxDevicePending int           // unsent WRITE bytes per device (device closed past it)
-	MaxPortConns     int           // device connections per TCP port
-	MaxConns         int           // device connections in total
-	UDPQueueBytes    int           // datagram bytes queued per UDP port between reader and loop
+	MaxConns         int           // raw TCP peers (devices, group members, …) in total
 
-	// Socket groups (see group.go). The listeners are off while their address is empty.
-	MaxMemberPending  int              // unsent bytes per TCP group member (member closed past it)
-	GroupTCPAddr      string           // TCP group listener: host:port, or a bare port on DeviceHost
-	GroupUDPAddr      string           // UDP group port, likewise; its port number is the UDP group's id
-	GroupPrefix       string           // what a member's join message starts with
-	GroupJoinTimeout  time.Duration    // time a TCP member has to join
-	GroupIDMaxLen     int              // longest group id, in bytes
-	GroupUDPOpen      bool             // forward datagrams from senders that are not members too
-	GroupUDPIdle      time.Duration    // a UDP member silent for this long is forgotten
-	GroupTCPPreconfig []GroupHost      // hosts whose TCP connections join a group without the prefix
-	GroupUDPPreconfig []netip.AddrPort // UDP members from the start, never forgotten
-
-	Version Version
-	Logger  *slog.Logger
-}
-
-// Version is what GET .../version reports.
-type Version struct {
-	Commit          string
-	Version         string
-	BuildTime       string
-	PlatformVersion string
+	Logger *slog.Logger
 }
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
 		HTTPAddr:         "127.0.0.1:3000",
-		Secret:           "testing",
 		MaxHeadBytes:     8192,
 		HandshakeTimeout: 10 * time.Second,
 		MaxHandshakes:    4096,
-		MaxMessageBytes:  1 << 20,
-		MaxDriverPending: 16 << 20,
-		MaxDevicePending: 1 << 20,
-		MaxPortConns:     20000,
 		MaxConns:         100000,
-		UDPQueueBytes:    8 << 20,
-		MaxMemberPending: 4 << 20,
-		GroupPrefix:      "SOCKETFORWARDER-NEW:",
-		GroupJoinTimeout: 5 * time.Second,
-		GroupIDMaxLen:    128,
-		GroupUDPIdle:     5 * time.Minute,
 	}
 }
 
-// Server is one running dispatch service.
+func (cfg *Config) check() error {
+	switch {
+	case cfg.MaxHeadBytes < 256:
+		return errors.New("max head bytes must be at least 256")
+	case cfg.HandshakeTimeout <= 0:
+		return errors.New("handshake timeout must be positive")
+	case cfg.MaxHandshakes < 1:
+		return errors.New("max handshakes must be positive")
+	case cfg.MaxConns < 1:
+		return errors.New("max conns must be positive")
+	}
+	return nil
+}
+
+// Server is one running event loop with its kinds.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	secretSum [sha256.Size]byte
+	cfg Config
+	log *slog.Logger
 
 	cli    *gnet.Client
-	ctrl   gnet.Conn      // an internal connection whose only use is its EventLoop handle
 	el     gnet.EventLoop // the loop; Execute posts work to it from other goroutines
 	httpLn net.Listener
 
-	groupTCPAddr, groupUDPAddr net.Addr // bound group listeners, set by Start
-
-	// published is a copy of the loop's counters for other goroutines.
+	// published is the loop's latest metrics, for other goroutines.
 	published     atomic.Pointer[stats.Snapshot]
-	udpDropped    atomic.Uint64 // datagrams dropped by UDP readers (queue full)
-	udpEmpty      atomic.Uint64 // zero-length datagrams ignored by UDP readers
-	acceptErrors  atomic.Uint64
+	offLoop       offLoopCounters // counted by goroutines other than the loop
 	stopping      atomic.Bool
 	ready         atomic.Bool // el is set; the ticker may post
 	acceptWG      sync.WaitGroup
@@ -107,50 +77,48 @@ type Server struct {
 	shutdownOnce  sync.Once
 	shutdownError error
 
-	st *state // owned by the loop goroutine
+	h *Hub // owned by the loop goroutine
 }
 
-// New validates cfg; Start brings the server up.
+// offLoopCounters are the few counts kept by goroutines that block on
+// sockets; they are folded into the loop's at publish.
+type offLoopCounters struct {
+	acceptErrors atomic.Uint64
+}
+
+// New validates cfg. Register kinds, then Start.
 func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	switch {
-	case cfg.MaxHeadBytes < 256:
-		return nil, errors.New("max head bytes must be at least 256")
-	case cfg.HandshakeTimeout <= 0:
-		return nil, errors.New("handshake timeout must be positive")
-	case cfg.MaxHandshakes < 1:
-		return nil, errors.New("max handshakes must be positive")
-	case cfg.MaxMessageBytes < 64:
-		return nil, errors.New("max message bytes must be at least 64")
-	case cfg.MaxDriverPending < 64<<10:
-		return nil, errors.New("max driver pending must be at least 64 KiB")
-	case cfg.MaxDevicePending < 1:
-		return nil, errors.New("max device pending must be positive")
-	case cfg.MaxPortConns < 1 || cfg.MaxConns < 1:
-		return nil, errors.New("connection caps must be positive")
-	case cfg.UDPQueueBytes < 64<<10:
-		return nil, errors.New("udp queue bytes must be at least 64 KiB")
-	}
-	if err := cfg.checkGroups(); err != nil {
+	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	s := &Server{
-		cfg:         cfg,
-		log:         cfg.Logger,
-		secretSum:   sha256.Sum256([]byte(cfg.Secret)),
-		loopStopped: make(chan struct{}),
-	}
-	s.st = newState(s)
+	s := &Server{cfg: cfg, log: cfg.Logger, loopStopped: make(chan struct{})}
+	s.h = newHub(s)
 	s.published.Store(&stats.Snapshot{})
 	return s, nil
 }
 
-// Start runs the event loop and starts listening for HTTP. It returns once
-// the listener is bound; Addr then reports it.
+// Register adds a kind. It must be called before Start.
+func (s *Server) Register(k Kind) {
+	s.h.kinds = append(s.h.kinds, k)
+}
+
+// Handle routes GET requests for an exact path on the HTTP listener to a
+// kind. It must be called before Start.
+func (s *Server) Handle(path string, r Route) {
+	if _, dup := s.h.routes[path]; dup {
+		panic("loop: two routes for " + path)
+	}
+	s.h.routes[path] = r
+}
+
+// Start runs the event loop, starts every kind and starts listening for
+// HTTP. It returns once everything is bound; Addr then reports it.
 func (s *Server) Start() error {
-	cli, err := gnet.NewClient(&handler{s: s},
+	s.h.setTickInterval()
+	cli, err := gnet.NewClient(&engine{s: s},
 		gnet.WithNumEventLoop(1),
 		gnet.WithTicker(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
@@ -172,16 +140,31 @@ func (s *Server) Start() error {
 		_ = cli.Stop()
 		return fmt.Errorf("listen on %s: %w", s.cfg.HTTPAddr, err)
 	}
-	if err := s.startGroups(); err != nil {
+	if err := s.onLoop(s.h.startKinds); err != nil {
 		_ = ln.Close()
+		_ = s.onLoop(func() error { s.h.shutdown(); return nil })
 		_ = cli.Stop()
 		return err
 	}
 	s.httpLn = ln
 	s.acceptWG.Add(1)
-	go s.acceptLoop(ln, "http", func(c net.Conn) any { return newHTTPConn(c) })
+	go s.acceptLoop(ln, "http", func(c net.Conn) any { return newHTTPConn(s.h, c) })
 	s.log.Info("listening", "addr", ln.Addr().String())
 	return nil
+}
+
+// onLoop runs fn on the loop and waits for its result.
+func (s *Server) onLoop(fn func() error) error {
+	done := make(chan error, 1)
+	if !s.post(func() { done <- fn() }) {
+		return errors.New("the event loop is not running")
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-s.loopStopped:
+		return errors.New("the event loop stopped")
+	}
 }
 
 // attachControlConn enrolls one end of a loopback pair so that the server
@@ -210,12 +193,11 @@ func (s *Server) attachControlConn() error {
 		far.Close()
 		return fmt.Errorf("control connection: %w", near.err)
 	}
-	gc, err := s.cli.EnrollContext(near.c, controlConn{far: far})
+	gc, err := s.cli.EnrollContext(near.c, &controlConn{s: s, far: far})
 	if err != nil {
 		far.Close()
 		return fmt.Errorf("control connection: %w", err)
 	}
-	s.ctrl = gc
 	s.el = gc.EventLoop()
 	s.ready.Store(true)
 	return nil
@@ -224,32 +206,26 @@ func (s *Server) attachControlConn() error {
 // Addr is the bound HTTP address.
 func (s *Server) Addr() net.Addr { return s.httpLn.Addr() }
 
-// Snapshot returns the loop's latest published counters and gauges (a few
-// hundred milliseconds old at most), with the counts kept off the loop.
-func (s *Server) Snapshot() stats.Snapshot {
-	snap := *s.published.Load()
-	snap.DatagramsDropped += s.udpDropped.Load()
-	snap.DatagramsEmpty += s.udpEmpty.Load()
-	snap.AcceptErrors += s.acceptErrors.Load()
-	return snap
-}
+// Snapshot returns the loop's latest published metrics (a few hundred
+// milliseconds old at most).
+func (s *Server) Snapshot() stats.Snapshot { return *s.published.Load() }
 
 // Done is closed when the event loop has stopped.
 func (s *Server) Done() <-chan struct{} { return s.loopStopped }
 
-// Shutdown stops accepting, closes every device port, sends close 1001 to
-// every driver and stops the loop.
+// Shutdown stops accepting, stops every kind, ends every endpoint (close
+// 1001 for WebSockets) and stops the loop.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		s.stopping.Store(true)
-		_ = s.httpLn.Close()
+		if s.httpLn != nil {
+			_ = s.httpLn.Close()
+		}
 		drained := make(chan struct{})
-		err := s.el.Execute(ctx, gnet.RunnableFunc(func(context.Context) error {
-			s.st.shutdown()
+		if s.post(func() {
+			s.h.shutdown()
 			close(drained)
-			return nil
-		}))
-		if err == nil {
+		}) {
 			select {
 			case <-drained:
 				s.awaitLingering(ctx)
@@ -269,7 +245,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.shutdownError
 }
 
-// awaitLingering gives drivers whose close frame waits behind buffered
+// awaitLingering gives WebSockets whose close frame waits behind buffered
 // output part of ctx to drain before the loop stops; stopping the loop
 // discards whatever gnet still holds.
 func (s *Server) awaitLingering(ctx context.Context) {
@@ -283,9 +259,9 @@ func (s *Server) awaitLingering(ctx context.Context) {
 	for {
 		left := make(chan int, 1)
 		if !s.post(func() {
-			s.st.now = time.Now()
-			s.st.closeDrained()
-			left <- len(s.st.lingering)
+			s.h.now = time.Now()
+			s.h.closeDrained()
+			left <- len(s.h.lingering)
 		}) {
 			return
 		}
@@ -324,7 +300,7 @@ func (s *Server) acceptLoop(ln net.Listener, what string, tag func(net.Conn) any
 	// fail counts a failed accept or hand-over (both mean descriptors or
 	// memory ran short), logs once per streak and backs off.
 	fail := func(step string, err error) {
-		s.acceptErrors.Add(1)
+		s.offLoop.acceptErrors.Add(1)
 		if !failing {
 			s.log.Warn("accepting connections is failing, backing off", "listener", what,
 				"addr", ln.Addr().String(), "step", step, "err", err)
@@ -356,9 +332,6 @@ func (s *Server) acceptLoop(ln net.Listener, what string, tag func(net.Conn) any
 		backoff = minBackoff
 	}
 }
-
-// controlConn tags the internal connection that provides the loop handle.
-type controlConn struct{ far net.Conn }
 
 // gnetLogger routes gnet's own log lines into slog.
 type gnetLogger struct{ l *slog.Logger }

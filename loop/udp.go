@@ -11,20 +11,34 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"github.com/valyala/bytebufferpool"
 	"golang.org/x/sys/unix"
-
-	"github.com/placeos-gnet/dispatch/codec"
 )
 
-// udpPort is an open UDP device port. gnet cannot enroll a UDP listener
-// into a running engine, so a reader goroutine blocks on the socket and
-// hands datagrams to the loop through a queue bounded in count and bytes;
-// WRITEs go out from the loop with a non-blocking sendto on the same socket,
-// so their source port is the dispatch port.
-type udpPort struct {
-	ch     *channel
-	conn   *net.UDPConn
-	fd     int
-	family int // unix.AF_INET or unix.AF_INET6: the socket's own family
+// UDPRole is what a UDP port is for: its datagrams are handed to it on the
+// loop, one at a time, in the order they arrived.
+type UDPRole interface {
+	Datagram(p *UDPPort, from netip.AddrPort, data []byte)
+}
+
+// UDPCounters are counted by a port's reader goroutine; a kind shares one
+// set between its ports so that totals survive a port closing.
+type UDPCounters struct {
+	Dropped atomic.Uint64 // the queue to the loop was full
+	Empty   atomic.Uint64 // zero-length datagrams, which carry nothing
+}
+
+// UDPPort is an open UDP socket whose peers are members of some channel.
+// gnet cannot enroll a UDP listener into a running engine, so a reader
+// goroutine blocks on the socket and hands datagrams to the loop through a
+// queue bounded in count and bytes; datagrams go out from the loop with a
+// non-blocking sendto on the same socket, so their source port is the
+// port's own.
+type UDPPort struct {
+	hub      *Hub
+	role     UDPRole
+	conn     *net.UDPConn
+	fd       int
+	family   int // unix.AF_INET or unix.AF_INET6: the socket's own family
+	counters *UDPCounters
 
 	queue       chan datagram
 	queuedBytes atomic.Int64
@@ -42,15 +56,17 @@ type datagram struct {
 
 const (
 	// udpQueueLen lets the reader run ahead of a busy loop for tens of
-	// milliseconds at hundreds of thousands of datagrams a second; the
-	// byte budget (Config.UDPQueueBytes) is what bounds memory.
+	// milliseconds at hundreds of thousands of datagrams a second; the byte
+	// budget is what bounds memory.
 	udpQueueLen      = 16384
 	udpDrainBatch    = 1024
 	udpSocketBufSize = 4 << 20
 	maxDatagram      = 64 << 10
 )
 
-func (st *state) openUDP(ch *channel, addr string) (*udpPort, error) {
+// OpenUDP binds a UDP port; queueBytes bounds the datagram bytes waiting
+// for the loop.
+func (h *Hub) OpenUDP(addr string, queueBytes int, counters *UDPCounters, role UDPRole) (*UDPPort, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
@@ -61,161 +77,125 @@ func (st *state) openUDP(ch *channel, addr string) (*udpPort, error) {
 	}
 	_ = conn.SetReadBuffer(udpSocketBufSize)
 	_ = conn.SetWriteBuffer(udpSocketBufSize)
-	u := &udpPort{
-		ch:       ch,
+	p := &UDPPort{
+		hub:      h,
+		role:     role,
 		conn:     conn,
+		counters: counters,
 		queue:    make(chan datagram, udpQueueLen),
-		maxBytes: int64(st.cfg.UDPQueueBytes),
+		maxBytes: int64(queueBytes),
 	}
 	raw, err := conn.SyscallConn()
 	if err == nil {
-		err = raw.Control(func(fd uintptr) { u.fd = int(fd) })
+		err = raw.Control(func(fd uintptr) { p.fd = int(fd) })
 	}
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("udp socket: %w", err)
 	}
-	sa, err := unix.Getsockname(u.fd)
+	sa, err := unix.Getsockname(p.fd)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("udp socket: %w", err)
 	}
-	u.family = unix.AF_INET6
+	p.family = unix.AF_INET6
 	if _, ok := sa.(*unix.SockaddrInet4); ok {
-		u.family = unix.AF_INET
+		p.family = unix.AF_INET
 	}
-	u.drainTask = gnet.RunnableFunc(func(context.Context) error {
-		st.drainUDP(u)
+	p.drainTask = gnet.RunnableFunc(func(context.Context) error {
+		p.drain()
 		return nil
 	})
-	st.s.acceptWG.Add(1)
-	go u.read(st.s)
-	return u, nil
+	h.s.acceptWG.Add(1)
+	go p.read()
+	return p, nil
+}
+
+// LocalAddr is the bound address.
+func (p *UDPPort) LocalAddr() *net.UDPAddr { return p.conn.LocalAddr().(*net.UDPAddr) }
+
+// Close closes the socket; the reader goroutine ends.
+func (p *UDPPort) Close() {
+	p.closed.Store(true)
+	_ = p.conn.Close()
 }
 
 // read runs on its own goroutine until the socket is closed.
-func (u *udpPort) read(s *Server) {
+func (p *UDPPort) read() {
+	s := p.hub.s
 	defer s.acceptWG.Done()
 	buf := make([]byte, maxDatagram)
 	dropping := false
 	for {
-		n, from, err := u.conn.ReadFromUDPAddrPort(buf)
+		n, from, err := p.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || u.closed.Load() {
+			if errors.Is(err, net.ErrClosed) || p.closed.Load() {
 				return
 			}
-			s.log.Warn("udp read failed", "port", u.ch.port, "err", err)
+			s.log.Warn("udp read failed", "addr", p.conn.LocalAddr().String(), "err", err)
 			continue
 		}
 		if n == 0 {
-			// The original stops reading here; an empty datagram carries nothing.
-			s.udpEmpty.Add(1)
+			p.counters.Empty.Add(1)
 			continue
 		}
 		b := bytebufferpool.Get()
 		b.B = append(b.B[:0], buf[:n]...)
 		held := int64(cap(b.B))
-		if u.queuedBytes.Load()+held > u.maxBytes || len(u.queue) == cap(u.queue) {
+		if p.queuedBytes.Load()+held > p.maxBytes || len(p.queue) == cap(p.queue) {
 			bytebufferpool.Put(b)
-			s.udpDropped.Add(1)
+			p.counters.Dropped.Add(1)
 			if !dropping {
 				dropping = true
-				s.log.Warn("udp port backlogged, dropping datagrams", "port", u.ch.port)
+				s.log.Warn("udp port backlogged, dropping datagrams", "addr", p.conn.LocalAddr().String())
 			}
 			continue
 		}
 		dropping = false
-		u.queuedBytes.Add(held)
-		u.queue <- datagram{from: from, buf: b, held: held}
-		if u.scheduled.CompareAndSwap(false, true) {
-			_ = s.el.Execute(context.Background(), u.drainTask)
+		p.queuedBytes.Add(held)
+		p.queue <- datagram{from: from, buf: b, held: held}
+		if p.scheduled.CompareAndSwap(false, true) {
+			_ = s.el.Execute(context.Background(), p.drainTask)
 		}
 	}
 }
 
-// drainUDP runs on the loop: it routes a batch of queued datagrams.
-func (st *state) drainUDP(u *udpPort) {
-	u.scheduled.Store(false)
+// drain runs on the loop: it hands a batch of queued datagrams to the role.
+func (p *UDPPort) drain() {
+	p.scheduled.Store(false)
 	for range udpDrainBatch {
 		select {
-		case dg := <-u.queue:
-			u.queuedBytes.Add(-dg.held)
-			switch {
-			case u.ch.closed:
-			case u.ch.policy == toMembers:
-				st.forwardGroupDatagram(u, dg)
-			default:
-				st.routeDatagram(u, dg)
+		case dg := <-p.queue:
+			p.queuedBytes.Add(-dg.held)
+			if !p.closed.Load() {
+				from := netip.AddrPortFrom(dg.from.Addr().Unmap().WithZone(""), dg.from.Port())
+				p.role.Datagram(p, from, dg.buf.B)
 			}
 			bytebufferpool.Put(dg.buf)
 		default:
 			return
 		}
 	}
-	if len(u.queue) > 0 && u.scheduled.CompareAndSwap(false, true) {
-		_ = st.s.el.Execute(context.Background(), u.drainTask)
+	if len(p.queue) > 0 && p.scheduled.CompareAndSwap(false, true) {
+		_ = p.hub.s.el.Execute(context.Background(), p.drainTask)
 	}
 }
 
-// routeDatagram sends one datagram as RECEIVED, carrying the source port,
-// to every session that admits the source IP; otherwise it is dropped.
-func (st *state) routeDatagram(u *udpPort, dg datagram) {
-	ch := u.ch
-	ip := dg.from.Addr().Unmap().WithZone("")
-	st.c.DatagramsIn++
-	st.c.UDPBytesIn += uint64(dg.buf.Len())
-	targets := st.targets[:0]
-	for _, d := range ch.upstreams {
-		if d.accept.contains(ip) {
-			targets = append(targets, d)
+// Sockaddr is the destination for a peer as the socket's family needs it;
+// an IPv4 socket cannot reach an IPv6 peer.
+func (p *UDPPort) Sockaddr(a netip.AddrPort) (unix.Sockaddr, bool) {
+	ip := a.Addr().Unmap()
+	if p.family == unix.AF_INET {
+		if !ip.Is4() {
+			return nil, false
 		}
+		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: ip.As4()}, true
 	}
-	st.targets = targets[:0]
-	if len(targets) == 0 {
-		st.c.DatagramsRefusedIP++
-		ch.refused.note(st, ch, ip)
-		return
-	}
-	var text [64]byte
-	start, end := st.out.appendDispatchFrame(codec.Received, ip.AppendTo(text[:0]), uint64(dg.from.Port()), dg.buf.B)
-	for _, d := range targets {
-		st.queue(d, start, end)
-	}
-	clear(targets)
-	st.scheduleFlush()
+	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}, true
 }
 
-// sendDatagram carries a UDP WRITE: one datagram from the port's own socket.
-// An unusable destination or a full socket buffer drops it; neither blocks
-// the loop.
-func (st *state) sendDatagram(d *driver, ipText []byte, port uint64, data []byte) {
-	u := d.ch.udp
-	ip, err := netip.ParseAddr(string(ipText))
-	if err != nil || port < 1 || port > 65535 || (u.family == unix.AF_INET && !ip.Unmap().Is4()) {
-		st.c.DatagramsOutDropped++
-		if !d.warnedBadWrite {
-			d.warnedBadWrite = true
-			st.log.Warn("ignoring UDP WRITE with an unusable destination", "peer", d.peer, "port", d.port(),
-				"ip", string(ipText), "dest_port", port)
-		}
-		return
-	}
-	var sa unix.Sockaddr
-	if u.family == unix.AF_INET {
-		sa = &unix.SockaddrInet4{Port: int(port), Addr: ip.Unmap().As4()}
-	} else {
-		sa = &unix.SockaddrInet6{Port: int(port), Addr: ip.As16()}
-	}
-	if err := unix.Sendto(u.fd, data, unix.MSG_DONTWAIT, sa); err != nil {
-		st.c.DatagramsOutDropped++
-		st.log.Debug("udp send failed", "port", d.port(), "err", err)
-		return
-	}
-	st.c.DatagramsOut++
-	st.c.UDPBytesOut += uint64(len(data))
-}
-
-func (st *state) closeUDP(u *udpPort) {
-	u.closed.Store(true)
-	_ = u.conn.Close()
+// SendTo sends one datagram from the port. A full socket buffer fails it
+// rather than block the loop.
+func (p *UDPPort) SendTo(sa unix.Sockaddr, data []byte) error {
+	return unix.Sendto(p.fd, data, unix.MSG_DONTWAIT, sa)
 }

@@ -1,125 +1,95 @@
 package stats
 
 import (
+	"cmp"
+	"slices"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Collector exposes a Snapshot to Prometheus. It reads whatever the loop
-// last published when scraped, so the loop itself only ever increments
-// plain integers.
+// Namespace prefixes every metric name.
+const Namespace = "dispatch"
+
+// Desc describes one metric family a kind exports.
+type Desc struct {
+	desc  *prometheus.Desc
+	gauge bool
+}
+
+// NewCounter describes a counter family; name is without the namespace.
+func NewCounter(name, help string, labels ...string) *Desc {
+	return &Desc{desc: prometheus.NewDesc(Namespace+"_"+name, help, labels, nil)}
+}
+
+// NewGauge describes a gauge family; name is without the namespace.
+func NewGauge(name, help string, labels ...string) *Desc {
+	return &Desc{desc: prometheus.NewDesc(Namespace+"_"+name, help, labels, nil), gauge: true}
+}
+
+// Sample is one series' value at publish time.
+type Sample struct {
+	Desc   *Desc
+	Value  float64
+	Labels []string // values, in the order of the family's label names
+}
+
+// S builds a sample.
+func S(d *Desc, value float64, labels ...string) Sample {
+	return Sample{Desc: d, Value: value, Labels: labels}
+}
+
+// Collector exposes the loop's published snapshots to Prometheus. It reads
+// whatever the loop last published when scraped, so the loop itself only
+// ever increments plain integers.
 type Collector struct {
 	snapshot func() Snapshot
-	descs    []*prometheus.Desc
-	lag      *prometheus.Desc
-	// per socket group, labelled proto and group
-	groupMembers, groupUpstreams, groupBytes *prometheus.Desc
-}
-
-// metric describes one exported series and where its value comes from.
-type metric struct {
-	name, help string
-	kind       prometheus.ValueType
-	labels     prometheus.Labels
-	value      func(*Snapshot) float64
-}
-
-var metrics = []metric{
-	gauge("ports_open", "Device ports open.", prometheus.Labels{"proto": "tcp"}, func(s *Snapshot) int { return s.TCPPortsOpen }),
-	gauge("ports_open", "Device ports open.", prometheus.Labels{"proto": "udp"}, func(s *Snapshot) int { return s.UDPPortsOpen }),
-	gauge("drivers", "Driver sessions registered.", nil, func(s *Snapshot) int { return s.Drivers }),
-	gauge("device_connections", "Device TCP connections open.", nil, func(s *Snapshot) int { return s.DeviceConns }),
-
-	counter("device_bytes_total", "Payload bytes exchanged with devices.", prometheus.Labels{"proto": "tcp", "direction": "in"}, func(s *Snapshot) uint64 { return s.TCPBytesIn }),
-	counter("device_bytes_total", "Payload bytes exchanged with devices.", prometheus.Labels{"proto": "tcp", "direction": "out"}, func(s *Snapshot) uint64 { return s.TCPBytesOut }),
-	counter("device_bytes_total", "Payload bytes exchanged with devices.", prometheus.Labels{"proto": "udp", "direction": "in"}, func(s *Snapshot) uint64 { return s.UDPBytesIn }),
-	counter("device_bytes_total", "Payload bytes exchanged with devices.", prometheus.Labels{"proto": "udp", "direction": "out"}, func(s *Snapshot) uint64 { return s.UDPBytesOut }),
-	counter("device_messages_total", "Reads from and writes to devices (TCP), datagrams (UDP).", prometheus.Labels{"proto": "tcp", "direction": "in"}, func(s *Snapshot) uint64 { return s.TCPReads }),
-	counter("device_messages_total", "Reads from and writes to devices (TCP), datagrams (UDP).", prometheus.Labels{"proto": "tcp", "direction": "out"}, func(s *Snapshot) uint64 { return s.TCPWrites }),
-	counter("device_messages_total", "Reads from and writes to devices (TCP), datagrams (UDP).", prometheus.Labels{"proto": "udp", "direction": "in"}, func(s *Snapshot) uint64 { return s.DatagramsIn }),
-	counter("device_messages_total", "Reads from and writes to devices (TCP), datagrams (UDP).", prometheus.Labels{"proto": "udp", "direction": "out"}, func(s *Snapshot) uint64 { return s.DatagramsOut }),
-	counter("driver_messages_total", "Protocol messages exchanged with drivers.", prometheus.Labels{"direction": "out"}, func(s *Snapshot) uint64 { return s.FramesToDrivers }),
-	counter("driver_messages_total", "Protocol messages exchanged with drivers.", prometheus.Labels{"direction": "in"}, func(s *Snapshot) uint64 { return s.MessagesFromDrivers }),
-	counter("driver_bytes_total", "WebSocket bytes exchanged with drivers.", prometheus.Labels{"direction": "out"}, func(s *Snapshot) uint64 { return s.BytesToDrivers }),
-	counter("driver_bytes_total", "WebSocket bytes exchanged with drivers.", prometheus.Labels{"direction": "in"}, func(s *Snapshot) uint64 { return s.BytesFromDrivers }),
-	counter("driver_writes_total", "Batched writes to drivers (each carries every frame queued in one loop pass).", nil, func(s *Snapshot) uint64 { return s.Flushes }),
-
-	counter("drivers_registered_total", "Driver sessions registered.", nil, func(s *Snapshot) uint64 { return s.DriversAccepted }),
-	counter("device_connections_accepted_total", "Device TCP connections admitted.", nil, func(s *Snapshot) uint64 { return s.DevicesAccepted }),
-	counter("ports_opened_total", "Device ports opened.", nil, func(s *Snapshot) uint64 { return s.PortsOpened }),
-
-	counter("refused_peers_total", "Device peers refused.", prometheus.Labels{"proto": "tcp", "reason": "not_accepted"}, func(s *Snapshot) uint64 { return s.DevicesRefusedIP }),
-	counter("refused_peers_total", "Device peers refused.", prometheus.Labels{"proto": "tcp", "reason": "connection_cap"}, func(s *Snapshot) uint64 { return s.DevicesRefusedCap }),
-	counter("refused_peers_total", "Device peers refused.", prometheus.Labels{"proto": "tcp", "reason": "port_closed"}, func(s *Snapshot) uint64 { return s.DevicesRefusedStale }),
-	counter("refused_peers_total", "Device peers refused.", prometheus.Labels{"proto": "udp", "reason": "not_accepted"}, func(s *Snapshot) uint64 { return s.DatagramsRefusedIP }),
-
-	counter("forced_disconnects_total", "Peers cut off by a bound or a protocol violation.", prometheus.Labels{"kind": "slow_driver"}, func(s *Snapshot) uint64 { return s.SlowDriverCuts }),
-	counter("forced_disconnects_total", "Peers cut off by a bound or a protocol violation.", prometheus.Labels{"kind": "slow_device"}, func(s *Snapshot) uint64 { return s.SlowDeviceCuts }),
-	counter("forced_disconnects_total", "Peers cut off by a bound or a protocol violation.", prometheus.Labels{"kind": "oversize_message"}, func(s *Snapshot) uint64 { return s.OversizeMessages }),
-	counter("parse_errors_total", "Malformed input from drivers.", prometheus.Labels{"kind": "dispatch_message"}, func(s *Snapshot) uint64 { return s.MalformedMessages }),
-	counter("parse_errors_total", "Malformed input from drivers.", prometheus.Labels{"kind": "websocket_protocol"}, func(s *Snapshot) uint64 { return s.ProtocolErrors }),
-
-	counter("datagrams_dropped_total", "UDP datagrams not delivered.", prometheus.Labels{"reason": "queue_full"}, func(s *Snapshot) uint64 { return s.DatagramsDropped }),
-	counter("datagrams_dropped_total", "UDP datagrams not delivered.", prometheus.Labels{"reason": "empty"}, func(s *Snapshot) uint64 { return s.DatagramsEmpty }),
-	counter("datagrams_dropped_total", "UDP datagrams not delivered.", prometheus.Labels{"reason": "send_failed"}, func(s *Snapshot) uint64 { return s.DatagramsOutDropped }),
-
-	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "any"}, func(s *Snapshot) uint64 { return s.HandshakeFailures }),
-	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "timeout"}, func(s *Snapshot) uint64 { return s.HandshakeTimeouts }),
-	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "head_too_large"}, func(s *Snapshot) uint64 { return s.HeadTooLarge }),
-	counter("handshake_failures_total", "HTTP requests refused or abandoned.", prometheus.Labels{"reason": "too_many_pending"}, func(s *Snapshot) uint64 { return s.HandshakesRefused }),
-	counter("accept_errors_total", "Failed accepts (e.g. out of file descriptors); accepting backs off and retries.", nil, func(s *Snapshot) uint64 { return s.AcceptErrors }),
-
-	counter("group_joins_total", "Socket group joins: TCP members joined, UDP members registered.", nil, func(s *Snapshot) uint64 { return s.GroupJoins }),
-	counter("group_joins_refused_total", "Socket group joins refused.", prometheus.Labels{"reason": "any"}, func(s *Snapshot) uint64 { return s.GroupJoinsRefused }),
-	counter("group_joins_refused_total", "Socket group joins refused.", prometheus.Labels{"reason": "timeout"}, func(s *Snapshot) uint64 { return s.GroupJoinTimeouts }),
-	counter("group_members_left_total", "Socket group members gone: TCP members closed, UDP members expired.", prometheus.Labels{"proto": "tcp"}, func(s *Snapshot) uint64 { return s.GroupMembersLeft }),
-	counter("group_members_left_total", "Socket group members gone: TCP members closed, UDP members expired.", prometheus.Labels{"proto": "udp"}, func(s *Snapshot) uint64 { return s.GroupUDPMembersExpired }),
-	counter("group_payload_bytes_total", "Socket group payload: sent by members (in, once per chunk), written to TCP members (out).", prometheus.Labels{"direction": "in"}, func(s *Snapshot) uint64 { return s.GroupBytesForwarded }),
-	counter("group_payload_bytes_total", "Socket group payload: sent by members (in, once per chunk), written to TCP members (out).", prometheus.Labels{"direction": "out"}, func(s *Snapshot) uint64 { return s.GroupBytesToMembers }),
-	counter("forced_disconnects_total", "Peers cut off by a bound or a protocol violation.", prometheus.Labels{"kind": "slow_member"}, func(s *Snapshot) uint64 { return s.SlowMemberCuts }),
-	counter("datagrams_dropped_total", "UDP datagrams not delivered.", prometheus.Labels{"reason": "not_a_group_member"}, func(s *Snapshot) uint64 { return s.GroupDatagramsUnregistered }),
-	counter("datagrams_dropped_total", "UDP datagrams not delivered.", prometheus.Labels{"reason": "group_send_failed"}, func(s *Snapshot) uint64 { return s.GroupDatagramsOutDropped }),
-}
-
-func gauge(name, help string, labels prometheus.Labels, f func(*Snapshot) int) metric {
-	return metric{name, help, prometheus.GaugeValue, labels, func(s *Snapshot) float64 { return float64(f(s)) }}
-}
-
-func counter(name, help string, labels prometheus.Labels, f func(*Snapshot) uint64) metric {
-	return metric{name, help, prometheus.CounterValue, labels, func(s *Snapshot) float64 { return float64(f(s)) }}
 }
 
 // NewCollector returns a collector over the snapshots that snapshot returns.
-func NewCollector(snapshot func() Snapshot) *Collector {
-	c := &Collector{snapshot: snapshot}
-	for _, m := range metrics {
-		c.descs = append(c.descs, prometheus.NewDesc("dispatch_"+m.name, m.help, nil, m.labels))
-	}
-	c.lag = prometheus.NewDesc("dispatch_loop_lag_seconds",
-		"Time work posted to the event loop waited before it ran (about one loop pass).", nil, nil)
-	groupLabels := []string{"proto", "group"}
-	c.groupMembers = prometheus.NewDesc("dispatch_group_members", "Members of a socket group.", groupLabels, nil)
-	c.groupUpstreams = prometheus.NewDesc("dispatch_group_upstreams", "Drivers attached to a socket group.", groupLabels, nil)
-	c.groupBytes = prometheus.NewDesc("dispatch_group_bytes_forwarded_total",
-		"Bytes members sent to a socket group, counted once however many members hear them.", groupLabels, nil)
-	return c
-}
+func NewCollector(snapshot func() Snapshot) *Collector { return &Collector{snapshot: snapshot} }
 
-// Describe implements prometheus.Collector.
-func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range c.descs {
-		ch <- d
-	}
-	ch <- c.lag
-	ch <- c.groupMembers
-	ch <- c.groupUpstreams
-	ch <- c.groupBytes
-}
+var (
+	handshakeFailures = NewCounter("handshake_failures_total", "HTTP requests refused or abandoned.", "reason")
+	handshakesPending = NewGauge("handshakes_pending", "Connections still sending their request head.")
+	acceptErrors      = NewCounter("accept_errors_total", "Failed accepts (e.g. out of file descriptors); accepting backs off and retries.")
+	loopPasses        = NewCounter("loop_passes_total", "Event loop passes that ended with output to write.")
+	loopLag           = prometheus.NewDesc(Namespace+"_loop_lag_seconds",
+		"Time work posted to the event loop waited before it ran (about one loop pass).", nil, nil)
+
+	channels        = NewGauge("channels", "Channels open, by kind.", "kind")
+	channelsRefused = NewCounter("channels_refused_total", "Channels not opened because the kind's cap was reached.", "kind")
+
+	// DatagramsDropped is shared by every kind with UDP ports.
+	DatagramsDropped = NewCounter("datagrams_dropped_total", "UDP datagrams not delivered.", "reason")
+
+	connections = NewGauge("connections", "Endpoints open, by kind and role.", "kind", "role")
+	opened      = NewCounter("connections_opened_total", "Endpoints admitted, by kind and role.", "kind", "role")
+	ends        = NewCounter("ends_total", "Endpoints ended, by kind, role and reason.", "kind", "role", "reason")
+	messagesIn  = NewCounter("messages_in_total", "Messages (WebSocket) or reads (raw sockets) received.", "kind", "role")
+	bytesIn     = NewCounter("bytes_in_total", "Payload bytes received.", "kind", "role")
+	framesOut   = NewCounter("frames_out_total", "Frames or raw chunks sent.", "kind", "role")
+	bytesOut    = NewCounter("bytes_out_total", "Bytes written.", "kind", "role")
+	writes      = NewCounter("writes_total", "write and writev calls (each carries everything queued in one loop pass).", "kind", "role")
+	dropped     = NewCounter("dropped_messages_total", "Whole messages dropped for a reader past its bound.", "kind", "role")
+	discarded   = NewCounter("discarded_messages_total", "Messages discarded from members without the right to write.", "kind", "role")
+)
+
+// Describe sends nothing: the families depend on the kinds registered, so
+// this is an unchecked collector.
+func (c *Collector) Describe(chan<- *prometheus.Desc) {}
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.snapshot()
-	for i, m := range metrics {
-		ch <- prometheus.MustNewConstMetric(c.descs[i], m.kind, m.value(&s))
+	emit := func(x Sample) {
+		kind := prometheus.CounterValue
+		if x.Desc.gauge {
+			kind = prometheus.GaugeValue
+		}
+		ch <- prometheus.MustNewConstMetric(x.Desc.desc, kind, x.Value, x.Labels...)
+	}
+	for _, x := range s.coreSamples() {
+		emit(x)
 	}
 	buckets := make(map[float64]uint64, len(LagBuckets))
 	var cumulative uint64
@@ -127,12 +97,76 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		cumulative += s.Lag.Counts[i]
 		buckets[upper] = cumulative
 	}
-	ch <- prometheus.MustNewConstHistogram(c.lag, s.Lag.Total, s.Lag.Sum, buckets)
-	for proto, groups := range map[string][]Group{"tcp": s.Groups.TCP, "udp": s.Groups.UDP} {
-		for _, g := range groups {
-			ch <- prometheus.MustNewConstMetric(c.groupMembers, prometheus.GaugeValue, float64(g.Members), proto, g.ID)
-			ch <- prometheus.MustNewConstMetric(c.groupUpstreams, prometheus.GaugeValue, float64(g.Upstreams), proto, g.ID)
-			ch <- prometheus.MustNewConstMetric(c.groupBytes, prometheus.CounterValue, float64(g.BytesForwarded), proto, g.ID)
+	ch <- prometheus.MustNewConstHistogram(loopLag, s.Lag.Total, s.Lag.Sum, buckets)
+	for _, x := range s.Samples {
+		emit(x)
+	}
+}
+
+func (s *Snapshot) coreSamples() []Sample {
+	out := []Sample{
+		S(handshakeFailures, float64(s.HandshakeFailures), "any"),
+		S(handshakeFailures, float64(s.HandshakeTimeouts), "timeout"),
+		S(handshakeFailures, float64(s.HeadTooLarge), "head_too_large"),
+		S(handshakeFailures, float64(s.HandshakesRefused), "too_many_pending"),
+		S(handshakesPending, float64(s.Handshakes)),
+		S(acceptErrors, float64(s.AcceptErrors)),
+		S(loopPasses, float64(s.Passes)),
+	}
+	for _, k := range s.Kinds {
+		out = append(out, S(channels, float64(k.Open), k.Kind), S(channelsRefused, float64(k.Refused), k.Kind))
+	}
+	for i := range s.Classes {
+		c := &s.Classes[i]
+		k, r := c.Kind, c.Role
+		out = append(out,
+			S(connections, float64(c.Open), k, r),
+			S(opened, float64(c.Opened), k, r),
+			S(messagesIn, float64(c.MessagesIn), k, r),
+			S(bytesIn, float64(c.BytesIn), k, r),
+			S(framesOut, float64(c.FramesOut), k, r),
+			S(bytesOut, float64(c.BytesOut), k, r),
+			S(writes, float64(c.Writes), k, r),
+			S(dropped, float64(c.Dropped), k, r),
+			S(discarded, float64(c.Discarded), k, r),
+		)
+		for reason, n := range c.Ends {
+			out = append(out, S(ends, float64(n), k, r, EndReasons[reason]))
 		}
 	}
+	return s.legacySamples(out)
+}
+
+// MaxRanked is the most per-channel families a kind can bound with Bounded.
+const MaxRanked = 4
+
+// Ranked is one channel's per-channel series, for Bounded.
+type Ranked struct {
+	Name   string
+	Rank   float64            // what the channels are ordered by (largest first)
+	Values [MaxRanked]float64 // one per per-channel family
+}
+
+// OtherChannels is the label value under which Bounded sums the channels
+// past its limit.
+const OtherChannels = "_other"
+
+// Bounded keeps per-channel series to a bounded set: the limit largest
+// channels by rank, and the rest summed under OtherChannels, so that peers
+// who can create channels cannot grow a scrape without end.
+func Bounded(channels []Ranked, limit int) []Ranked {
+	if len(channels) <= limit {
+		return channels
+	}
+	slices.SortFunc(channels, func(a, b Ranked) int {
+		return cmp.Or(cmp.Compare(b.Rank, a.Rank), cmp.Compare(a.Name, b.Name))
+	})
+	rest := Ranked{Name: OtherChannels}
+	for _, c := range channels[limit:] {
+		rest.Rank += c.Rank
+		for i, v := range c.Values {
+			rest.Values[i] += v
+		}
+	}
+	return append(channels[:limit:limit], rest)
 }

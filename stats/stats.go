@@ -1,6 +1,7 @@
-// Package stats holds the loop's counters and renders the dispatch stats
-// document. Counters are plain integers written only by the event loop; the
-// loop publishes a copy periodically for readers on other goroutines.
+// Package stats holds the loop's counters, renders the JSON stats documents
+// and exposes metrics to Prometheus. Counters are plain integers written
+// only by the event loop; the loop publishes a copy periodically for readers
+// on other goroutines.
 package stats
 
 import (
@@ -10,69 +11,79 @@ import (
 	"strings"
 )
 
-// Counters are the cumulative event counts of one server. Only the event
-// loop writes them.
-type Counters struct {
-	DriversAccepted     uint64
-	DriversClosed       uint64
-	DevicesAccepted     uint64
-	DevicesClosed       uint64
-	DevicesRefusedIP    uint64 // TCP peer not on any accept list
-	DevicesRefusedCap   uint64 // per-port or total connection cap reached
-	DevicesRefusedStale uint64 // arrived after its port closed
-	DatagramsIn         uint64
-	DatagramsRefusedIP  uint64
-	DatagramsEmpty      uint64
-	DatagramsDropped    uint64 // reader queue full (counted off-loop, folded in on publish)
-	DatagramsOut        uint64
-	DatagramsOutDropped uint64 // socket buffer full or bad destination
-	TCPReads            uint64 // device reads, each one RECEIVED
-	TCPBytesIn          uint64
-	TCPWrites           uint64 // driver WRITEs carried to devices
-	TCPBytesOut         uint64
-	UDPBytesIn          uint64
-	UDPBytesOut         uint64
-	FramesToDrivers     uint64
-	BytesToDrivers      uint64
-	MessagesFromDrivers uint64
-	BytesFromDrivers    uint64
-	SlowDriverCuts      uint64 // close 1008: pending output past its bound
-	SlowDeviceCuts      uint64 // device pending WRITE bytes past its bound
-	OversizeMessages    uint64 // close 1009
-	MalformedMessages   uint64 // close 1007
-	ProtocolErrors      uint64 // close 1002
-	HandshakeFailures   uint64 // any HTTP request answered with a 4xx, or timed out
-	HandshakeTimeouts   uint64
-	HandshakesRefused   uint64 // too many connections still sending a request head
-	HeadTooLarge        uint64
-	AcceptErrors        uint64
-	PortsOpened         uint64
-	PortsClosed         uint64
-	Flushes             uint64
-
-	// Socket groups.
-	GroupJoins                 uint64 // TCP members joined, UDP members registered
-	GroupJoinsRefused          uint64 // bad prefix, bad or too long group id, join deadline missed, caps
-	GroupJoinTimeouts          uint64 // of those refused: nothing usable before the join deadline
-	GroupMembersLeft           uint64 // joined TCP members closed, whichever side closed them
-	GroupChunksForwarded       uint64 // member reads and datagrams forwarded to their group
-	GroupBytesForwarded        uint64 // their bytes, counted once however many members hear them
-	GroupChunksToMembers       uint64 // chunks queued for TCP members (one per receiver)
-	GroupBytesToMembers        uint64 // bytes written to TCP members
-	GroupBytesFromDrivers      uint64 // WRITE payload from group drivers to members
-	GroupDatagramsUnregistered uint64 // datagrams from senders that are not members, dropped
-	GroupDatagramsOut          uint64 // datagrams sent to UDP members
-	GroupDatagramsOutDropped   uint64 // datagrams to UDP members the socket could not take
-	GroupUDPMembersExpired     uint64 // UDP members silent for the idle time, forgotten
-	SlowMemberCuts             uint64 // TCP member pending output past its bound
+// EndReasons names why endpoints end, in the order of loop.EndReason.
+var EndReasons = [...]string{
+	"gone", "shutdown", "slow", "stalled", "oversized", "protocol", "malformed",
+	"refused", "timeout", "expired", "denied", "closed_by_upstream", "channel_closed",
 }
 
-// Gauges are the loop's current sizes.
-type Gauges struct {
-	TCPPortsOpen int
-	UDPPortsOpen int
-	Drivers      int
-	DeviceConns  int
+// Core are the counts of the core itself: requests before any kind sees
+// them, and the loop.
+type Core struct {
+	HandshakeFailures uint64 // any HTTP request answered with a 4xx or 5xx, or timed out
+	HandshakeTimeouts uint64
+	HandshakesRefused uint64 // too many connections still sending a request head
+	HeadTooLarge      uint64
+	AcceptErrors      uint64 // failed accepts or hand-overs to the loop (counted off the loop)
+	Passes            uint64 // loop passes that ended with output to write
+	Writes            uint64 // write and writev calls to endpoints
+}
+
+// ClassCounters are the counts of one class of endpoints: one role of one
+// kind (dispatch drivers, devices, group members, …).
+type ClassCounters struct {
+	Kind, Role string
+	Open       int // endpoints open now
+	Opened     uint64
+	Ends       [len(EndReasons)]uint64 // endpoints ended, by reason
+	MessagesIn uint64                  // WebSocket messages, or raw reads
+	BytesIn    uint64
+	FramesOut  uint64 // frames (or raw chunks) queued or written
+	BytesOut   uint64
+	Writes     uint64 // write and writev calls
+	Dropped    uint64 // whole messages dropped for a reader past its bound
+	Discarded  uint64 // messages from members without the right to write
+}
+
+// Forced is the number of endpoints of the class ended by the server for a
+// reason other than shutdown.
+func (c *ClassCounters) Forced() uint64 {
+	var n uint64
+	for r, count := range c.Ends {
+		switch EndReasons[r] {
+		case "gone", "shutdown":
+		default:
+			n += count
+		}
+	}
+	return n
+}
+
+// Snapshot is what the loop publishes for readers on other goroutines.
+type Snapshot struct {
+	Core
+	Handshakes int // connections still sending a request head
+	Lag        LagHistogram
+	Classes    []ClassCounters
+	Kinds      []KindChannels
+	Samples    []Sample // the kinds' own metrics
+}
+
+// KindChannels is one kind's channel count, against its cap.
+type KindChannels struct {
+	Kind    string
+	Open    int
+	Refused uint64 // channels not opened: the kind's cap was reached
+}
+
+// Class returns the counters of one class, or zeros.
+func (s *Snapshot) Class(kind, role string) ClassCounters {
+	for _, c := range s.Classes {
+		if c.Kind == kind && c.Role == role {
+			return c
+		}
+	}
+	return ClassCounters{Kind: kind, Role: role}
 }
 
 // LagBuckets are the upper bounds, in seconds, of the loop-lag histogram.
@@ -95,14 +106,6 @@ func (h *LagHistogram) Observe(seconds float64) {
 	h.Counts[i]++
 	h.Sum += seconds
 	h.Total++
-}
-
-// Snapshot is what the loop publishes for readers on other goroutines.
-type Snapshot struct {
-	Counters
-	Gauges
-	Lag    LagHistogram
-	Groups Groups // socket groups; kept out of the dispatch stats document
 }
 
 // PortCount is one entry of a stats map: a port and a count for it.

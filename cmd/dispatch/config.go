@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/placeos-gnet/dispatch/loop"
+	"github.com/placeos-gnet/dispatch/loop/dispatch"
+	drv "github.com/placeos-gnet/dispatch/loop/driver"
+	"github.com/placeos-gnet/dispatch/loop/groups"
 )
 
 // env reads a setting from the environment or, when the variable is not
@@ -55,7 +58,10 @@ type setting struct {
 
 // options is the parsed command line.
 type options struct {
-	cfg       loop.Config
+	core      loop.Config
+	driver    drv.Config
+	dispatch  dispatch.Config
+	groups    groups.Config
 	curlURL   string
 	metrics   string
 	version   bool
@@ -68,7 +74,8 @@ type options struct {
 // parseOptions builds the configuration from args and the environment.
 // Command-line flags win over environment variables.
 func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
-	o := &options{cfg: loop.DefaultConfig()}
+	o := &options{core: loop.DefaultConfig(), dispatch: dispatch.DefaultConfig(), groups: groups.DefaultConfig(),
+		driver: drv.Config{MaxMessageBytes: 1 << 20, MaxPending: 16 << 20}}
 	host, port := "127.0.0.1", 3000
 	fs := flag.NewFlagSet("dispatch", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -76,27 +83,27 @@ func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
 	add := func(s setting) { o.settings = append(o.settings, s) }
 	add(setting{"bind", "b", "SG_SERVER_HOST", "HTTP/WebSocket bind host", false, (*stringValue)(&host)})
 	add(setting{"port", "p", "SG_SERVER_PORT", "HTTP/WebSocket port (0 picks a free one)", false, (*intValue)(&port)})
-	add(setting{"device-host", "", "DISPATCH_DEVICE_HOST", "host device ports bind to (empty: every interface)", false, (*stringValue)(&o.cfg.DeviceHost)})
-	add(setting{"max-head-bytes", "", "DISPATCH_MAX_HEAD_BYTES", "request head bound; past it: 431", false, (*intValue)(&o.cfg.MaxHeadBytes)})
-	add(setting{"handshake-timeout", "", "DISPATCH_HANDSHAKE_TIMEOUT", "time to send a complete request head", false, (*durationValue)(&o.cfg.HandshakeTimeout)})
-	add(setting{"max-handshakes", "", "DISPATCH_MAX_HANDSHAKES", "connections still sending a request head; more are refused", false, (*intValue)(&o.cfg.MaxHandshakes)})
-	add(setting{"max-message-bytes", "", "DISPATCH_MAX_MESSAGE_BYTES", "largest driver message; past it: close 1009", false, (*intValue)(&o.cfg.MaxMessageBytes)})
-	add(setting{"max-driver-pending", "", "DISPATCH_MAX_DRIVER_PENDING", "unsent bytes per driver; past it: close 1008", false, (*intValue)(&o.cfg.MaxDriverPending)})
-	add(setting{"max-device-pending", "", "DISPATCH_MAX_DEVICE_PENDING", "unsent WRITE bytes per device; past it the device is closed", false, (*intValue)(&o.cfg.MaxDevicePending)})
-	add(setting{"max-port-conns", "", "DISPATCH_MAX_PORT_CONNS", "device connections per TCP port", false, (*intValue)(&o.cfg.MaxPortConns)})
-	add(setting{"max-conns", "", "DISPATCH_MAX_CONNS", "device connections in total", false, (*intValue)(&o.cfg.MaxConns)})
+	add(setting{"device-host", "", "DISPATCH_DEVICE_HOST", "host device ports bind to (empty: every interface)", false, (*stringValue)(&o.dispatch.DeviceHost)})
+	add(setting{"max-head-bytes", "", "DISPATCH_MAX_HEAD_BYTES", "request head bound; past it: 431", false, (*intValue)(&o.core.MaxHeadBytes)})
+	add(setting{"handshake-timeout", "", "DISPATCH_HANDSHAKE_TIMEOUT", "time to send a complete request head", false, (*durationValue)(&o.core.HandshakeTimeout)})
+	add(setting{"max-handshakes", "", "DISPATCH_MAX_HANDSHAKES", "connections still sending a request head; more are refused", false, (*intValue)(&o.core.MaxHandshakes)})
+	add(setting{"max-message-bytes", "", "DISPATCH_MAX_MESSAGE_BYTES", "largest driver message; past it: close 1009", false, (*intValue)(&o.driver.MaxMessageBytes)})
+	add(setting{"max-driver-pending", "", "DISPATCH_MAX_DRIVER_PENDING", "unsent bytes per driver; past it: close 1008", false, (*intValue)(&o.driver.MaxPending)})
+	add(setting{"max-device-pending", "", "DISPATCH_MAX_DEVICE_PENDING", "unsent WRITE bytes per device; past it the device is closed", false, (*intValue)(&o.dispatch.MaxDevicePending)})
+	add(setting{"max-port-conns", "", "DISPATCH_MAX_PORT_CONNS", "device connections per TCP port", false, (*intValue)(&o.dispatch.MaxPortConns)})
+	add(setting{"max-conns", "", "DISPATCH_MAX_CONNS", "device connections in total", false, (*intValue)(&o.core.MaxConns)})
 	add(setting{"metrics", "", "DISPATCH_METRICS_ADDR", "Prometheus /metrics and pprof listener, e.g. 9100 (loopback) or 0.0.0.0:9100; empty: off", false, (*stringValue)(&o.metrics)})
-	add(setting{"udp-queue-bytes", "", "DISPATCH_UDP_QUEUE_BYTES", "datagram bytes queued per UDP port before dropping", false, (*intValue)(&o.cfg.UDPQueueBytes)})
-	add(setting{"group-tcp", "", "DISPATCH_GROUP_TCP", "socket group TCP listener: port (on the device host) or host:port; empty: off", false, (*stringValue)(&o.cfg.GroupTCPAddr)})
-	add(setting{"group-udp", "", "DISPATCH_GROUP_UDP", "socket group UDP port (the UDP group's id): port or host:port; empty: off", false, (*stringValue)(&o.cfg.GroupUDPAddr)})
-	add(setting{"group-prefix", "", "DISPATCH_GROUP_PREFIX", "what a socket group join message starts with", false, (*stringValue)(&o.cfg.GroupPrefix)})
-	add(setting{"group-join-timeout", "", "DISPATCH_GROUP_JOIN_TIMEOUT", "time a TCP member has to join; a join without newline completes then", false, (*durationValue)(&o.cfg.GroupJoinTimeout)})
-	add(setting{"group-id-max-len", "", "DISPATCH_GROUP_ID_MAX_LEN", "longest socket group id, in bytes", false, (*intValue)(&o.cfg.GroupIDMaxLen)})
-	add(setting{"group-udp-open", "", "DISPATCH_GROUP_UDP_OPEN", "forward datagrams from senders that are not UDP group members", false, (*boolValue)(&o.cfg.GroupUDPOpen)})
-	add(setting{"group-udp-idle", "", "DISPATCH_GROUP_UDP_IDLE", "a UDP group member silent this long is forgotten", false, (*durationValue)(&o.cfg.GroupUDPIdle)})
-	add(setting{"group-tcp-preconfig", "", "DISPATCH_GROUP_TCP_PRECONFIG", "comma-separated group:host; connections from host join group without the prefix", false, (*groupHostsValue)(&o.cfg.GroupTCPPreconfig)})
-	add(setting{"group-udp-preconfig", "", "DISPATCH_GROUP_UDP_PRECONFIG", "comma-separated host:port UDP group members from the start, never forgotten", false, (*udpMembersValue)(&o.cfg.GroupUDPPreconfig)})
-	add(setting{"max-member-pending", "", "DISPATCH_MAX_MEMBER_PENDING", "unsent bytes per TCP group member; past it the member is closed", false, (*intValue)(&o.cfg.MaxMemberPending)})
+	add(setting{"udp-queue-bytes", "", "DISPATCH_UDP_QUEUE_BYTES", "datagram bytes queued per UDP port before dropping", false, (*intValue)(&o.dispatch.UDPQueueBytes)})
+	add(setting{"group-tcp", "", "DISPATCH_GROUP_TCP", "socket group TCP listener: port (on the device host) or host:port; empty: off", false, (*stringValue)(&o.groups.TCPAddr)})
+	add(setting{"group-udp", "", "DISPATCH_GROUP_UDP", "socket group UDP port (the UDP group's id): port or host:port; empty: off", false, (*stringValue)(&o.groups.UDPAddr)})
+	add(setting{"group-prefix", "", "DISPATCH_GROUP_PREFIX", "what a socket group join message starts with", false, (*stringValue)(&o.groups.Prefix)})
+	add(setting{"group-join-timeout", "", "DISPATCH_GROUP_JOIN_TIMEOUT", "time a TCP member has to join; a join without newline completes then", false, (*durationValue)(&o.groups.JoinTimeout)})
+	add(setting{"group-id-max-len", "", "DISPATCH_GROUP_ID_MAX_LEN", "longest socket group id, in bytes", false, (*intValue)(&o.groups.IDMaxLen)})
+	add(setting{"group-udp-open", "", "DISPATCH_GROUP_UDP_OPEN", "forward datagrams from senders that are not UDP group members", false, (*boolValue)(&o.groups.UDPOpen)})
+	add(setting{"group-udp-idle", "", "DISPATCH_GROUP_UDP_IDLE", "a UDP group member silent this long is forgotten", false, (*durationValue)(&o.groups.UDPIdle)})
+	add(setting{"group-tcp-preconfig", "", "DISPATCH_GROUP_TCP_PRECONFIG", "comma-separated group:host; connections from host join group without the prefix", false, (*groupHostsValue)(&o.groups.TCPPreconfig)})
+	add(setting{"group-udp-preconfig", "", "DISPATCH_GROUP_UDP_PRECONFIG", "comma-separated host:port UDP group members from the start, never forgotten", false, (*udpMembersValue)(&o.groups.UDPPreconfig)})
+	add(setting{"max-member-pending", "", "DISPATCH_MAX_MEMBER_PENDING", "unsent bytes per TCP group member; past it the member is closed", false, (*intValue)(&o.groups.MaxMemberPending)})
 
 	for _, s := range o.settings {
 		if v, ok := e.get(s.envName); ok && v != "" {
@@ -123,12 +130,12 @@ func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
 	if port < 0 || port > 65535 {
 		return nil, errors.New("port must be in 0-65535")
 	}
-	o.cfg.HTTPAddr = netJoin(host, port)
+	o.core.HTTPAddr = netJoin(host, port)
 
-	o.cfg.Secret, o.secretSrc = defaultSecret, "default"
+	o.driver.Secret, o.secretSrc = defaultSecret, "default"
 	for _, name := range []string{"PLACE_SERVER_SECRET", "SERVER_SECRET"} {
 		if v, ok := e.get(name); ok && v != "" {
-			o.cfg.Secret, o.secretSrc = v, name
+			o.driver.Secret, o.secretSrc = v, name
 			break
 		}
 	}
@@ -143,9 +150,9 @@ func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
 	}
 	o.logFormat, _ = e.get("PLACE_LOG_FORMAT")
 	v, _ := e.get("PLACE_VERSION")
-	o.cfg.Version = loop.Version{Commit: commit, Version: version, BuildTime: buildTime, PlatformVersion: v}
-	if o.cfg.Version.PlatformVersion == "" {
-		o.cfg.Version.PlatformVersion = "DEV"
+	o.dispatch.Version = dispatch.Version{Commit: commit, Version: version, BuildTime: buildTime, PlatformVersion: v}
+	if o.dispatch.Version.PlatformVersion == "" {
+		o.dispatch.Version.PlatformVersion = "DEV"
 	}
 	return o, nil
 }
@@ -173,7 +180,7 @@ func (o *options) usage(w io.Writer) {
 // logConfig writes the effective configuration at info level; the secret is
 // never printed, only where it came from.
 func (o *options) logConfig(log *slog.Logger) {
-	attrs := []any{"http", o.cfg.HTTPAddr, "secret_source", o.secretSrc}
+	attrs := []any{"http", o.core.HTTPAddr, "secret_source", o.secretSrc}
 	for _, s := range o.settings {
 		if s.long == "bind" || s.long == "port" {
 			continue
@@ -233,10 +240,10 @@ func (v *boolValue) Set(s string) error {
 func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
 func (v *boolValue) IsBoolFlag() bool { return true }
 
-type groupHostsValue []loop.GroupHost
+type groupHostsValue []groups.Host
 
 func (v *groupHostsValue) Set(s string) error {
-	hosts, err := loop.ParseGroupHosts(s)
+	hosts, err := groups.ParseHosts(s)
 	*v = hosts
 	return err
 }
@@ -252,7 +259,7 @@ func (v *groupHostsValue) String() string {
 type udpMembersValue []netip.AddrPort
 
 func (v *udpMembersValue) Set(s string) error {
-	members, err := loop.ParseUDPMembers(s)
+	members, err := groups.ParseUDPMembers(s)
 	*v = members
 	return err
 }

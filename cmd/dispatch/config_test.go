@@ -20,8 +20,8 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.cfg.HTTPAddr != "127.0.0.1:3000" || o.cfg.Secret != "testing" || o.secretSrc != "default" {
-		t.Fatalf("defaults: addr %s secret source %s", o.cfg.HTTPAddr, o.secretSrc)
+	if o.core.HTTPAddr != "127.0.0.1:3000" || o.driver.Secret != "testing" || o.secretSrc != "default" {
+		t.Fatalf("defaults: addr %s secret source %s", o.core.HTTPAddr, o.secretSrc)
 	}
 	if o.logLevel != slog.LevelDebug {
 		t.Fatalf("default log level %v, want debug", o.logLevel)
@@ -42,13 +42,13 @@ func TestEnvironmentThenFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.cfg.HTTPAddr != "0.0.0.0:5000" {
-		t.Errorf("addr %s: the flag must win over SG_SERVER_PORT", o.cfg.HTTPAddr)
+	if o.core.HTTPAddr != "0.0.0.0:5000" {
+		t.Errorf("addr %s: the flag must win over SG_SERVER_PORT", o.core.HTTPAddr)
 	}
-	if o.cfg.HandshakeTimeout != 3*time.Second || o.cfg.MaxConns != 88 {
-		t.Errorf("timeout %v max conns %d", o.cfg.HandshakeTimeout, o.cfg.MaxConns)
+	if o.core.HandshakeTimeout != 3*time.Second || o.core.MaxConns != 88 {
+		t.Errorf("timeout %v max conns %d", o.core.HandshakeTimeout, o.core.MaxConns)
 	}
-	if o.cfg.Secret != "fallback" || o.secretSrc != "SERVER_SECRET" {
+	if o.driver.Secret != "fallback" || o.secretSrc != "SERVER_SECRET" {
 		t.Errorf("secret from %s", o.secretSrc)
 	}
 	if o.logLevel != slog.LevelInfo {
@@ -57,7 +57,7 @@ func TestEnvironmentThenFlags(t *testing.T) {
 	vars["LOG_LEVEL"] = "warn"
 	vars["PLACE_SERVER_SECRET"] = "primary"
 	o, err = parseOptions(nil, envOf(vars), &bytes.Buffer{})
-	if err != nil || o.logLevel != slog.LevelWarn || o.cfg.Secret != "primary" {
+	if err != nil || o.logLevel != slog.LevelWarn || o.driver.Secret != "primary" {
 		t.Fatalf("LOG_LEVEL/PLACE_SERVER_SECRET: %v %v %v", err, o.logLevel, o.secretSrc)
 	}
 }
@@ -68,13 +68,13 @@ func TestSecretsPathFillsMissingVariables(t *testing.T) {
 		t.Fatal(err)
 	}
 	o, err := parseOptions(nil, envOf(map[string]string{"SECRETS_PATH": dir}), &bytes.Buffer{})
-	if err != nil || o.cfg.Secret != "from-file" {
-		t.Fatalf("secret %q err %v", o.cfg.Secret, err)
+	if err != nil || o.driver.Secret != "from-file" {
+		t.Fatalf("secret %q err %v", o.driver.Secret, err)
 	}
 	// The environment wins over the file.
 	o, _ = parseOptions(nil, envOf(map[string]string{"SECRETS_PATH": dir, "PLACE_SERVER_SECRET": "env"}), &bytes.Buffer{})
-	if o.cfg.Secret != "env" {
-		t.Fatalf("secret %q, want the environment's", o.cfg.Secret)
+	if o.driver.Secret != "env" {
+		t.Fatalf("secret %q, want the environment's", o.driver.Secret)
 	}
 }
 

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/placeos-gnet/dispatch/loop"
+	"github.com/placeos-gnet/dispatch/loop/dispatch"
+	"github.com/placeos-gnet/dispatch/loop/groups"
 )
 
 // Set at build time with -ldflags "-X main.version=...".
@@ -51,9 +53,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	log := newLogger(stderr, o.logFormat, o.logLevel)
-	o.cfg.Logger = log
+	o.core.Logger = log
 	o.logConfig(log)
-	if o.cfg.Secret == defaultSecret {
+	if o.driver.Secret == defaultSecret {
 		log.Warn("the shared secret is the default secret \"testing\": anyone can attach drivers; set PLACE_SERVER_SECRET")
 	}
 	if limit, err := raiseFileLimit(); err != nil {
@@ -63,13 +65,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// Keep device connections below the descriptor limit, so that the
 		// cap refuses (and counts) them before accept runs out of descriptors.
 		reserve := max(64, limit/10)
-		if fit := int(limit) - int(reserve); fit > 0 && o.cfg.MaxConns > fit {
+		if fit := int(limit) - int(reserve); fit > 0 && o.core.MaxConns > fit {
 			log.Info("device connection cap lowered to fit the open-file limit", "max_conns", fit, "limit", limit)
-			o.cfg.MaxConns = fit
+			o.core.MaxConns = fit
 		}
 	}
 
-	srv, err := loop.New(o.cfg)
+	srv, err := newServer(o)
 	if err != nil {
 		log.Error("invalid configuration", "err", err)
 		return 2
@@ -153,4 +155,23 @@ func raiseFileLimit() (uint64, error) {
 		}
 	}
 	return lim.Cur, nil
+}
+
+// newServer builds the loop and wires in every kind: the one place that
+// names them all.
+func newServer(o *options) (*loop.Server, error) {
+	srv, err := loop.New(o.core)
+	if err != nil {
+		return nil, err
+	}
+	o.groups.DeviceHost = o.dispatch.DeviceHost
+	o.groups.MaxMembers = o.dispatch.MaxPortConns
+	o.groups.UDPQueueBytes = o.dispatch.UDPQueueBytes
+	if _, err := dispatch.Register(srv, o.dispatch, &o.driver); err != nil {
+		return nil, err
+	}
+	if _, err := groups.Register(srv, o.groups, &o.driver); err != nil {
+		return nil, err
+	}
+	return srv, nil
 }
