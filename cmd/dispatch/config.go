@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -52,16 +53,27 @@ const defaultSecret = "testing"
 // falls back to an environment variable, then to a default.
 type setting struct {
 	long, short, envName, usage string
-	secret                      bool
 	value                       flag.Value
+	// def is the value before the environment and the command line apply:
+	// what -h and the documentation call the default.
+	def string
+	// check validates the final value, whichever source it came from; nil
+	// accepts anything Set accepts.
+	check func() error
+}
+
+// label names a setting in errors the way an operator can act on it: by
+// the flag and by the variable, since either may have set it.
+func (s setting) label() string {
+	return "--" + s.long + " (" + s.envName + ")"
 }
 
 // options is the parsed command line.
 type options struct {
-	core      loop.Config
-	driver    drv.Config
-	dispatch  dispatch.Config
-	groups    groups.Config
+	core      loop.Config     // the loop itself
+	driver    drv.Config      // driver sessions, on every kind
+	dispatch  dispatch.Config // device ports
+	groups    groups.Config   // socket groups
 	curlURL   string
 	metrics   string
 	version   bool
@@ -69,48 +81,81 @@ type options struct {
 	logLevel  slog.Level
 	settings  []setting
 	secretSrc string
+	flags     *flag.FlagSet
+	port      int // the HTTP port, joined into core.HTTPAddr once checked
+	host      string
 }
 
 // parseOptions builds the configuration from args and the environment.
-// Command-line flags win over environment variables.
-func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
-	o := &options{core: loop.DefaultConfig(), dispatch: dispatch.DefaultConfig(), groups: groups.DefaultConfig(),
-		driver: drv.Config{MaxMessageBytes: 1 << 20, MaxPending: 16 << 20}}
-	host, port := "127.0.0.1", 3000
-	fs := flag.NewFlagSet("dispatch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-
-	add := func(s setting) { o.settings = append(o.settings, s) }
-	add(setting{"bind", "b", "SG_SERVER_HOST", "HTTP/WebSocket bind host", false, (*stringValue)(&host)})
-	add(setting{"port", "p", "SG_SERVER_PORT", "HTTP/WebSocket port (0 picks a free one)", false, (*intValue)(&port)})
-	add(setting{"device-host", "", "DISPATCH_DEVICE_HOST", "host device ports bind to (empty: every interface)", false, (*stringValue)(&o.dispatch.DeviceHost)})
-	add(setting{"max-head-bytes", "", "DISPATCH_MAX_HEAD_BYTES", "request head bound; past it: 431", false, (*intValue)(&o.core.MaxHeadBytes)})
-	add(setting{"handshake-timeout", "", "DISPATCH_HANDSHAKE_TIMEOUT", "time to send a complete request head", false, (*durationValue)(&o.core.HandshakeTimeout)})
-	add(setting{"max-handshakes", "", "DISPATCH_MAX_HANDSHAKES", "connections still sending a request head; more are refused", false, (*intValue)(&o.core.MaxHandshakes)})
-	add(setting{"max-message-bytes", "", "DISPATCH_MAX_MESSAGE_BYTES", "largest driver message; past it: close 1009", false, (*intValue)(&o.driver.MaxMessageBytes)})
-	add(setting{"max-driver-pending", "", "DISPATCH_MAX_DRIVER_PENDING", "unsent bytes per driver; past it: close 1008", false, (*intValue)(&o.driver.MaxPending)})
-	add(setting{"max-device-pending", "", "DISPATCH_MAX_DEVICE_PENDING", "unsent WRITE bytes per device; past it the device is closed", false, (*intValue)(&o.dispatch.MaxDevicePending)})
-	add(setting{"max-port-conns", "", "DISPATCH_MAX_PORT_CONNS", "device connections per TCP port", false, (*intValue)(&o.dispatch.MaxPortConns)})
-	add(setting{"max-conns", "", "DISPATCH_MAX_CONNS", "device connections in total", false, (*intValue)(&o.core.MaxConns)})
-	add(setting{"metrics", "", "DISPATCH_METRICS_ADDR", "Prometheus /metrics and pprof listener, e.g. 9100 (loopback) or 0.0.0.0:9100; empty: off", false, (*stringValue)(&o.metrics)})
-	add(setting{"udp-queue-bytes", "", "DISPATCH_UDP_QUEUE_BYTES", "datagram bytes queued per UDP port before dropping", false, (*intValue)(&o.dispatch.UDPQueueBytes)})
-	add(setting{"group-tcp", "", "DISPATCH_GROUP_TCP", "socket group TCP listener: port (on the device host) or host:port; empty: off", false, (*stringValue)(&o.groups.TCPAddr)})
-	add(setting{"group-udp", "", "DISPATCH_GROUP_UDP", "socket group UDP port (the UDP group's id): port or host:port; empty: off", false, (*stringValue)(&o.groups.UDPAddr)})
-	add(setting{"group-prefix", "", "DISPATCH_GROUP_PREFIX", "what a socket group join message starts with", false, (*stringValue)(&o.groups.Prefix)})
-	add(setting{"group-join-timeout", "", "DISPATCH_GROUP_JOIN_TIMEOUT", "time a TCP member has to join; a join without newline completes then", false, (*durationValue)(&o.groups.JoinTimeout)})
-	add(setting{"group-id-max-len", "", "DISPATCH_GROUP_ID_MAX_LEN", "longest socket group id, in bytes", false, (*intValue)(&o.groups.IDMaxLen)})
-	add(setting{"group-udp-open", "", "DISPATCH_GROUP_UDP_OPEN", "forward datagrams from senders that are not UDP group members", false, (*boolValue)(&o.groups.UDPOpen)})
-	add(setting{"group-udp-idle", "", "DISPATCH_GROUP_UDP_IDLE", "a UDP group member silent this long is forgotten", false, (*durationValue)(&o.groups.UDPIdle)})
-	add(setting{"group-tcp-preconfig", "", "DISPATCH_GROUP_TCP_PRECONFIG", "comma-separated group:host; connections from host join group without the prefix", false, (*groupHostsValue)(&o.groups.TCPPreconfig)})
-	add(setting{"group-udp-preconfig", "", "DISPATCH_GROUP_UDP_PRECONFIG", "comma-separated host:port UDP group members from the start, never forgotten", false, (*udpMembersValue)(&o.groups.UDPPreconfig)})
-	add(setting{"max-member-pending", "", "DISPATCH_MAX_MEMBER_PENDING", "unsent bytes per TCP group member; past it the member is closed", false, (*intValue)(&o.groups.MaxMemberPending)})
-
+// Command-line flags win over environment variables. On flag.ErrHelp the
+// options are returned too, so that the caller can print the usage where
+// it chooses.
+func parseOptions(args []string, e env) (*options, error) {
+	o := newOptions()
 	for _, s := range o.settings {
 		if v, ok := e.get(s.envName); ok && v != "" {
 			if err := s.value.Set(v); err != nil {
-				return nil, fmt.Errorf("environment variable %s: %w", s.envName, err)
+				return nil, fmt.Errorf("environment variable %s (--%s): %w", s.envName, s.long, err)
 			}
 		}
+	}
+	if err := o.flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return nil, err
+	}
+	if o.flags.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", o.flags.Arg(0))
+	}
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	o.core.HTTPAddr = netJoin(o.host, o.port)
+	o.readEnvironmentOnly(e)
+	if v, ok := e.get("LOG_LEVEL"); ok && v != "" {
+		if err := o.logLevel.UnmarshalText([]byte(v)); err != nil {
+			return nil, fmt.Errorf("LOG_LEVEL: %w", err)
+		}
+	}
+	return o, nil
+}
+
+// newOptions declares every setting with its default and its check, and
+// the flag set that parses them.
+func newOptions() *options {
+	o := &options{core: loop.DefaultConfig(), driver: drv.DefaultConfig(), dispatch: dispatch.DefaultConfig(),
+		groups: groups.DefaultConfig(), host: "127.0.0.1", port: 3000}
+	c, d, p, g := &o.core, &o.driver, &o.dispatch, &o.groups
+	o.add("bind", "b", "SG_SERVER_HOST", "HTTP/WebSocket bind host", (*stringValue)(&o.host), nil)
+	o.add("port", "p", "SG_SERVER_PORT", "HTTP/WebSocket port (0 picks a free one)", (*intValue)(&o.port), inRange(&o.port, 0, 65535))
+	o.add("device-host", "", "DISPATCH_DEVICE_HOST", "host device ports bind to (empty: every interface)", (*stringValue)(&p.DeviceHost), nil)
+	o.add("max-head-bytes", "", "DISPATCH_MAX_HEAD_BYTES", "request head bound; past it: 431", (*intValue)(&c.MaxHeadBytes), atLeast(&c.MaxHeadBytes, 256))
+	o.add("handshake-timeout", "", "DISPATCH_HANDSHAKE_TIMEOUT", "time to send a complete request head", (*durationValue)(&c.HandshakeTimeout), positive(&c.HandshakeTimeout))
+	o.add("max-handshakes", "", "DISPATCH_MAX_HANDSHAKES", "connections still sending a request head; more are refused", (*intValue)(&c.MaxHandshakes), atLeast(&c.MaxHandshakes, 1))
+	o.add("max-message-bytes", "", "DISPATCH_MAX_MESSAGE_BYTES", "largest driver message; past it: close 1009", (*intValue)(&d.MaxMessageBytes), atLeast(&d.MaxMessageBytes, 64))
+	o.add("max-driver-pending", "", "DISPATCH_MAX_DRIVER_PENDING", "unsent bytes per driver; past it: close 1008", (*intValue)(&d.MaxPending), atLeast(&d.MaxPending, 64<<10))
+	o.add("max-device-pending", "", "DISPATCH_MAX_DEVICE_PENDING", "unsent WRITE bytes per device; past it the device is closed", (*intValue)(&p.MaxDevicePending), atLeast(&p.MaxDevicePending, 1))
+	o.add("max-port-conns", "", "DISPATCH_MAX_PORT_CONNS", "device connections per TCP port; connections and UDP members per group listener", (*intValue)(&p.MaxPortConns), atLeast(&p.MaxPortConns, 1))
+	o.add("max-conns", "", "DISPATCH_MAX_CONNS", "device and group connections in total", (*intValue)(&c.MaxConns), atLeast(&c.MaxConns, 1))
+	o.add("metrics", "", "DISPATCH_METRICS_ADDR", "Prometheus /metrics and pprof listener, e.g. 9100 (loopback) or 0.0.0.0:9100; empty: off", (*stringValue)(&o.metrics), listenAddr(&o.metrics))
+	o.add("udp-queue-bytes", "", "DISPATCH_UDP_QUEUE_BYTES", "datagram bytes queued per UDP port before dropping", (*intValue)(&p.UDPQueueBytes), atLeast(&p.UDPQueueBytes, 64<<10))
+	o.add("group-tcp", "", "DISPATCH_GROUP_TCP", "socket group TCP listener: port (on the device host) or host:port; empty: off", (*stringValue)(&g.TCPAddr), listenAddr(&g.TCPAddr))
+	o.add("group-udp", "", "DISPATCH_GROUP_UDP", "socket group UDP port (the UDP group's id): port or host:port; empty: off", (*stringValue)(&g.UDPAddr), listenAddr(&g.UDPAddr))
+	o.add("group-prefix", "", "DISPATCH_GROUP_PREFIX", "what a socket group join message starts with", (*stringValue)(&g.Prefix), oneLine(&g.Prefix))
+	o.add("group-join-timeout", "", "DISPATCH_GROUP_JOIN_TIMEOUT", "time a TCP member has to join; a join without newline completes then", (*durationValue)(&g.JoinTimeout), positive(&g.JoinTimeout))
+	o.add("group-id-max-len", "", "DISPATCH_GROUP_ID_MAX_LEN", "longest socket group id, in bytes", (*intValue)(&g.IDMaxLen), inRange(&g.IDMaxLen, 1, maxGroupIDLen))
+	o.add("group-udp-open", "", "DISPATCH_GROUP_UDP_OPEN", "forward datagrams from senders that are not UDP group members", (*boolValue)(&g.UDPOpen), nil)
+	o.add("group-udp-idle", "", "DISPATCH_GROUP_UDP_IDLE", "a UDP group member silent this long is forgotten", (*durationValue)(&g.UDPIdle), positive(&g.UDPIdle))
+	o.add("group-tcp-preconfig", "", "DISPATCH_GROUP_TCP_PRECONFIG", "comma-separated group:host; connections from host join group without the prefix", (*groupHostsValue)(&g.TCPPreconfig), nil)
+	o.add("group-udp-preconfig", "", "DISPATCH_GROUP_UDP_PRECONFIG", "comma-separated host:port UDP group members from the start, never forgotten", (*udpMembersValue)(&g.UDPPreconfig), nil)
+	o.add("max-member-pending", "", "DISPATCH_MAX_MEMBER_PENDING", "unsent bytes per TCP group member; past it the member is closed", (*intValue)(&g.MaxMemberPending), atLeast(&g.MaxMemberPending, 64<<10))
+
+	// The flag package prints nothing: run decides where help and errors go.
+	fs := flag.NewFlagSet("dispatch", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	for _, s := range o.settings {
 		fs.Var(s.value, s.long, s.usage)
 		if s.short != "" {
 			fs.Var(s.value, s.short, "short for --"+s.long)
@@ -120,18 +165,43 @@ func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.curlURL, "c", "", "short for --curl")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.version, "v", false, "short for --version")
-	fs.Usage = func() { o.usage(fs.Output()) }
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if port < 0 || port > 65535 {
-		return nil, errors.New("port must be in 0-65535")
-	}
-	o.core.HTTPAddr = netJoin(host, port)
+	o.flags = fs
+	return o
+}
 
+func (o *options) add(long, short, envName, usage string, v flag.Value, check func() error) {
+	o.settings = append(o.settings, setting{long: long, short: short, envName: envName, usage: usage,
+		value: v, def: v.String(), check: check})
+}
+
+// check validates every setting here rather than leaving it to the kinds,
+// so that a refusal names the flag and the variable the operator set.
+func (o *options) check() error {
+	for _, s := range o.settings {
+		if s.check == nil {
+			continue
+		}
+		if err := s.check(); err != nil {
+			return fmt.Errorf("%s: %w", s.label(), err)
+		}
+	}
+	return nil
+}
+
+// setting returns the setting with this long name; it panics on a name no
+// setting has, which is a programming error.
+func (o *options) setting(long string) setting {
+	for _, s := range o.settings {
+		if s.long == long {
+			return s
+		}
+	}
+	panic("no setting --" + long)
+}
+
+// readEnvironmentOnly reads what has no flag: the secret, logging and the
+// platform version.
+func (o *options) readEnvironmentOnly(e env) {
 	o.driver.Secret, o.secretSrc = defaultSecret, "default"
 	for _, name := range []string{"PLACE_SERVER_SECRET", "SERVER_SECRET"} {
 		if v, ok := e.get(name); ok && v != "" {
@@ -143,18 +213,74 @@ func parseOptions(args []string, e env, stderr io.Writer) (*options, error) {
 	if v, _ := e.get("SG_ENV"); v == "production" {
 		o.logLevel = slog.LevelInfo
 	}
-	if v, ok := e.get("LOG_LEVEL"); ok && v != "" {
-		if err := o.logLevel.UnmarshalText([]byte(v)); err != nil {
-			return nil, fmt.Errorf("LOG_LEVEL: %w", err)
-		}
-	}
 	o.logFormat, _ = e.get("PLACE_LOG_FORMAT")
 	v, _ := e.get("PLACE_VERSION")
 	o.dispatch.Version = dispatch.Version{Commit: commit, Version: version, BuildTime: buildTime, PlatformVersion: v}
 	if o.dispatch.Version.PlatformVersion == "" {
 		o.dispatch.Version.PlatformVersion = "DEV"
 	}
-	return o, nil
+}
+
+// maxGroupIDLen mirrors the cap groups.Register enforces: a join line is buffered whole.
+const maxGroupIDLen = 4096
+
+func atLeast(p *int, lo int) func() error {
+	return func() error {
+		if *p < lo {
+			return fmt.Errorf("must be at least %d, got %d", lo, *p)
+		}
+		return nil
+	}
+}
+
+func inRange(p *int, lo, hi int) func() error {
+	return func() error {
+		if *p < lo || *p > hi {
+			return fmt.Errorf("must be in %d-%d, got %d", lo, hi, *p)
+		}
+		return nil
+	}
+}
+
+func positive(p *time.Duration) func() error {
+	return func() error {
+		if *p <= 0 {
+			return fmt.Errorf("must be positive, got %v", *p)
+		}
+		return nil
+	}
+}
+
+func oneLine(p *string) func() error {
+	return func() error {
+		if *p == "" || strings.ContainsAny(*p, "\r\n") {
+			return fmt.Errorf("must be one non-empty line, got %q", *p)
+		}
+		return nil
+	}
+}
+
+// listenAddr accepts an empty address (off), a bare port or host:port with
+// a numeric port. Service names are refused: "abc" would otherwise reach
+// net.Listen as a port name and fail only once the server is up.
+func listenAddr(p *string) func() error {
+	return func() error {
+		addr := *p
+		if addr == "" {
+			return nil
+		}
+		port := addr
+		if strings.Contains(addr, ":") {
+			var err error
+			if _, port, err = net.SplitHostPort(addr); err != nil {
+				return fmt.Errorf("want a port or host:port, got %q", addr)
+			}
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return fmt.Errorf("want a port (0-65535) or host:port, got %q", addr)
+		}
+		return nil
+	}
 }
 
 func (o *options) usage(w io.Writer) {
@@ -164,7 +290,7 @@ func (o *options) usage(w io.Writer) {
 		if s.short != "" {
 			name = "-" + s.short + ", " + name
 		}
-		fmt.Fprintf(w, "  %-24s %-28s default %-12q %s\n", name, s.envName, s.value.String(), s.usage)
+		fmt.Fprintf(w, "  %-24s %-28s default %-12q %s\n", name, s.envName, s.def, s.usage)
 	}
 	fmt.Fprintf(w, "  %-24s %-28s %-20s %s\n", "-c, --curl URL", "", "", "GET URL, exit 0 for 200-499 (health check)")
 	fmt.Fprintf(w, "  %-24s %-28s %-20s %s\n", "-v, --version", "", "", "print the version and exit")

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -35,13 +36,19 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// run is the whole program; main only supplies the process's streams and
+// exits with the code run returns: 0 done, 1 failed while running, 2 bad
+// configuration.
 func run(args []string, stdout, stderr io.Writer) int {
-	o, err := parseOptions(args, newEnv(os.LookupEnv), stderr)
+	o, err := parseOptions(args, newEnv(os.LookupEnv))
 	if errors.Is(err, flag.ErrHelp) {
+		// Help is asked for, not an error: stdout, so that it pipes into a pager.
+		o.usage(stdout)
 		return 0
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "dispatch:", err)
+		fmt.Fprintln(stderr, "Run 'dispatch -h' for the flags.")
 		return 2
 	}
 	if o.version {
@@ -58,36 +65,50 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if o.driver.Secret == defaultSecret {
 		log.Warn("the shared secret is the default secret \"testing\": anyone can attach drivers; set PLACE_SERVER_SECRET")
 	}
-	if limit, err := raiseFileLimit(); err != nil {
-		log.Warn("could not raise the open-file limit", "err", err)
-	} else {
-		log.Debug("open-file limit", "limit", limit)
-		// Keep device connections below the descriptor limit, so that the
-		// cap refuses (and counts) them before accept runs out of descriptors.
-		reserve := max(64, limit/10)
-		if fit := int(limit) - int(reserve); fit > 0 && o.core.MaxConns > fit {
-			log.Info("device connection cap lowered to fit the open-file limit", "max_conns", fit, "limit", limit)
-			o.core.MaxConns = fit
-		}
-	}
+	fitConnectionsToFileLimit(&o.core, log)
 
 	srv, err := newServer(o)
 	if err != nil {
 		log.Error("invalid configuration", "err", err)
 		return 2
 	}
+	metrics, code := start(srv, o, log)
+	if code != 0 {
+		return code
+	}
+	return serveUntilSignal(srv, metrics, log)
+}
+
+// start binds every listener and only then lets the server announce that it
+// is ready (loop.Server.Start logs msg=listening): the metrics listener is
+// bound first, so a bad or busy metrics address fails the start instead of
+// a process that said it was ready.
+func start(srv *loop.Server, o *options, log *slog.Logger) (*http.Server, int) {
+	var metricsLn net.Listener
+	if o.metrics != "" {
+		var err error
+		if metricsLn, err = listenMetrics(o.metrics); err != nil {
+			log.Error(o.setting("metrics").label()+": cannot listen", "addr", o.metrics, "err", err)
+			return nil, 1
+		}
+		log.Info("metrics listening", "addr", metricsLn.Addr().String())
+	}
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", "err", err)
-		return 1
+		if metricsLn != nil {
+			_ = metricsLn.Close()
+		}
+		return nil, 1
 	}
 	var metrics *http.Server
-	if o.metrics != "" {
-		if metrics, err = serveMetrics(o.metrics, srv, log); err != nil {
-			log.Error("cannot start the metrics listener", "addr", o.metrics, "err", err)
-			_ = srv.Shutdown(context.Background())
-			return 1
-		}
+	if metricsLn != nil {
+		metrics = serveMetrics(metricsLn, srv, log)
 	}
+	return metrics, 0
+}
+
+// serveUntilSignal runs until SIGINT or SIGTERM, then shuts down within 5 s.
+func serveUntilSignal(srv *loop.Server, metrics *http.Server, log *slog.Logger) int {
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	select {
@@ -106,6 +127,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// fitConnectionsToFileLimit raises the open-file limit and keeps device
+// connections below it, so that the cap refuses (and counts) them before
+// accept runs out of descriptors.
+func fitConnectionsToFileLimit(cfg *loop.Config, log *slog.Logger) {
+	limit, err := raiseFileLimit()
+	if err != nil {
+		log.Warn("could not raise the open-file limit", "err", err)
+		return
+	}
+	log.Debug("open-file limit", "limit", limit)
+	reserve := max(64, limit/10)
+	if fit := int(limit) - int(reserve); fit > 0 && cfg.MaxConns > fit {
+		log.Info("device connection cap lowered to fit the open-file limit", "max_conns", fit, "limit", limit)
+		cfg.MaxConns = fit
+	}
 }
 
 func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {

@@ -27,10 +27,16 @@ func metricsAddr(s string) string {
 	return s
 }
 
-// serveMetrics starts the opt-in listener for Prometheus (/metrics) and
-// pprof (/debug/pprof/). It runs on its own goroutines, never on the loop:
-// scrapes read the counters the loop last published.
-func serveMetrics(addr string, srv *loop.Server, log *slog.Logger) (*http.Server, error) {
+// listenMetrics binds the metrics address. It runs before the server
+// announces readiness; serveMetrics starts answering on it afterwards.
+func listenMetrics(addr string) (net.Listener, error) {
+	return net.Listen("tcp", metricsAddr(addr))
+}
+
+// serveMetrics answers Prometheus (/metrics) and pprof (/debug/pprof/) on
+// ln. It runs on its own goroutines, never on the loop: scrapes read the
+// counters the loop last published.
+func serveMetrics(ln net.Listener, srv *loop.Server, log *slog.Logger) *http.Server {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		stats.NewCollector(srv.Snapshot),
@@ -44,18 +50,13 @@ func serveMetrics(addr string, srv *loop.Server, log *slog.Logger) (*http.Server
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	ln, err := net.Listen("tcp", metricsAddr(addr))
-	if err != nil {
-		return nil, err
-	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics listener stopped", "err", err)
 		}
 	}()
-	log.Info("metrics listening", "addr", ln.Addr().String())
-	return hs, nil
+	return hs
 }
 
 func stopMetrics(ctx context.Context, hs *http.Server) {

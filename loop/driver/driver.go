@@ -26,6 +26,11 @@ type Config struct {
 	MaxPending      int    // unsent bytes per driver (close 1008 past it)
 }
 
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{Secret: "testing", MaxMessageBytes: 1 << 20, MaxPending: 16 << 20}
+}
+
 // Check validates the settings.
 func (c *Config) Check() error {
 	switch {
