@@ -45,7 +45,14 @@
 //     returned from OnOpen, and the completion callback of AsyncWrite/
 //     AsyncWritev. The drain case is caught by the next OnTraffic: the
 //     overshoot is at most one read (ReadBufferCap, 64 KiB by default) each
-//     time gnet turns reading back on.
+//     time gnet turns reading back on. The cheap form of this rule, from the
+//     same lines: in level-triggered mode gnet touches the mask only when
+//     OutboundBuffered() crosses zero. A write that finds output already
+//     buffered just appends (connection_unix.go:149-152), and one that is
+//     sent whole changes nothing, so a re-Pause is needed only after a write
+//     that took OutboundBuffered() from 0 to more than 0; the drain back to 0
+//     is the OnTraffic case. Each Pause or Resume is one epoll_ctl (about
+//     1.5 us on the development VM, no allocation).
 //
 //  4. There is no drain callback: while anything is paused, check the blocked
 //     endpoints every 10-20 ms (OnTick, or a timer that posts with Execute)
