@@ -38,7 +38,8 @@ type Poller struct {
 // level-triggered gnet TCP connection, typically an internal control
 // connection) and checks that changing a mask on it works, by re-applying
 // probe's normal interest. It must run on that loop's goroutine. An error
-// means pausing is unavailable here and says why; nothing has been changed.
+// means pausing is unavailable here and says why; at most probe's mask was
+// set to what gnet itself would have set.
 func Open(probe gnet.Conn) (*Poller, error) {
 	if probe == nil || probe.RemoteAddr() == nil {
 		return nil, errors.New("readpause: probe is not an open gnet connection")
@@ -56,8 +57,9 @@ func Open(probe gnet.Conn) (*Poller, error) {
 	}
 	// gnet's default level-triggered registration is IN|PRI, plus OUT while
 	// output is buffered. Anything else is a gnet we have not read: refuse
-	// rather than guess (EPOLLET would mean edge-triggered mode, where a
-	// resumed connection whose data already arrived would never be read).
+	// rather than guess. EPOLLET means edge-triggered mode, where our masks
+	// would strip gnet's EPOLLET|EPOLLRDHUP and gnet re-queues reads by
+	// itself whatever the mask (eventloop_unix.go:296-297).
 	switch registered &^ alwaysReported {
 	case readInterest, readInterest | writeInterest:
 	default:
