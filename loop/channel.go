@@ -43,6 +43,9 @@ type Channel struct {
 	owner     Owner
 	members   []*Member // in no order; each knows its slot
 	upstreams []*Upstream
+	// blockedMembers counts members whose connection is blocked and pauses
+	// its producers (flow.go).
+	blockedMembers int
 	// version changes whenever upstreams change, so that cached per-member
 	// interest can tell it is stale.
 	version uint64
@@ -153,6 +156,9 @@ func (ch *Channel) Closed() bool { return ch.closed }
 // Join adds m to the channel and announces it to the upstreams that admit it.
 func (ch *Channel) Join(m *Member) {
 	m.ch = ch
+	if m.Conn != nil {
+		m.Conn.member = m
+	}
 	m.slot = len(ch.members)
 	ch.members = append(ch.members, m)
 	ch.Publish(MemberOpened, m, false, nil)
@@ -163,6 +169,9 @@ func (ch *Channel) Join(m *Member) {
 func (ch *Channel) Leave(m *Member) {
 	if m.ch != ch {
 		return
+	}
+	if e := m.Conn; e != nil && e.blocked && e.onFull == PauseWhenFull {
+		ch.blockedMembers--
 	}
 	last := len(ch.members) - 1
 	moved := ch.members[last]

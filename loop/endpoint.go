@@ -119,6 +119,15 @@ type Endpoint struct {
 	// dropping is set while whole messages are being dropped for it.
 	dropping bool
 	dropped  uint64
+
+	// Flow control (flow.go).
+	member       *Member   // the member this endpoint's connection reads for, if any
+	blocked      bool      // unsent bytes passed the high watermark and have not yet fallen below the low one
+	paused       bool      // not being read: something it feeds is blocked
+	progressAt   time.Time // blocked: when it last drained anything
+	lastBuffered int       // blocked: gnet's unsent bytes at the last check
+	handed       int       // blocked: bytes handed to gnet since the last check
+	pausedAt     time.Time
 }
 
 // transport is how an endpoint ends: a close frame, or just a close.
@@ -186,6 +195,7 @@ func (e *Endpoint) finish(reason EndReason, detail string) bool {
 		return false
 	}
 	e.ended, e.closing = true, true
+	e.forgetFlow()
 	h := e.hub
 	cl := e.class
 	cl.Ends[reason]++
@@ -207,7 +217,7 @@ func (e *Endpoint) full() {
 	if e.closing || e.onFull == DropWhenFull {
 		return
 	}
-	e.End(EndSlow, "unsent output past its bound")
+	e.End(EndSlow, "unsent output past its hard bound")
 }
 
 // dropMessage loses one whole message for an endpoint past its bound. The

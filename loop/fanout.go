@@ -155,6 +155,9 @@ func (ch *Channel) Publish(t EventType, m *Member, text bool, data []byte) (reac
 		}
 	}
 	h.runDirect(data)
+	if len(h.blocked) > 0 && m.Conn != nil && h.pauser != nil && ch.feedsBlocked(m) {
+		h.pause(m.Conn)
+	}
 	h.scheduleFlush()
 	return reached
 }

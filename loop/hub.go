@@ -2,6 +2,8 @@ package loop
 
 import (
 	"context"
+
+	"github.com/placeos-gnet/dispatch/internal/readpause"
 	"log/slog"
 	"net"
 	"time"
@@ -56,6 +58,11 @@ type Hub struct {
 
 	handshakes     map[*httpConn]gnet.Conn // connections still sending a request head
 	handshakeFlood RateLog                 // refused handshakes, logged once per episode
+
+	// Flow control (flow.go): nil pauser means cut instead of pause.
+	pauser  *readpause.Poller
+	blocked []*Endpoint // endpoints past their high watermark
+	paused  []*Endpoint // producers not being read
 
 	out       outbox
 	flushTask gnet.Runnable
@@ -113,6 +120,7 @@ func (h *Hub) AtConnCap() bool { return h.rawConns >= h.cfg.MaxConns }
 
 // startKinds runs on the loop from Start.
 func (h *Hub) startKinds() error {
+	h.openPauser()
 	for _, k := range h.kinds {
 		if err := k.Start(h); err != nil {
 			return err

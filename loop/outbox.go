@@ -108,7 +108,7 @@ func (h *Hub) writePending(e *Endpoint) bool {
 	if e.closing || queued == 0 {
 		return true
 	}
-	if e.conn.OutboundBuffered() > e.limit {
+	if e.onFull != DropWhenFull && e.conn.OutboundBuffered() > e.limit {
 		return false // already behind: do not buffer more for it
 	}
 	o := &h.out
@@ -125,7 +125,11 @@ func (h *Hub) writePending(e *Endpoint) bool {
 	}
 	clear(iov)
 	o.iov = iov[:0]
-	return e.closing || e.conn.OutboundBuffered() <= e.limit
+	if e.closing {
+		return true
+	}
+	e.afterWrite(queued)
+	return e.onFull == DropWhenFull || e.conn.OutboundBuffered() <= e.limit
 }
 
 // writeNow writes one frame (head, payload, tail) to an endpoint after
@@ -135,7 +139,7 @@ func (h *Hub) writeNow(e *Endpoint, head, payload, tail []byte) {
 	if e.closing {
 		return
 	}
-	if !h.writePending(e) || e.conn.OutboundBuffered() > e.limit {
+	if !h.writePending(e) || e.onFull != DropWhenFull && e.conn.OutboundBuffered() > e.limit {
 		e.full()
 		return
 	}
@@ -153,7 +157,11 @@ func (h *Hub) writeNow(e *Endpoint, head, payload, tail []byte) {
 	}
 	_, _ = e.conn.Writev(iov)
 	o.pair = [3][]byte{}
-	if !e.closing && e.conn.OutboundBuffered() > e.limit {
+	if e.closing {
+		return
+	}
+	e.afterWrite(len(head) + len(payload) + len(tail))
+	if e.onFull != DropWhenFull && e.conn.OutboundBuffered() > e.limit {
 		e.full()
 	}
 }

@@ -29,6 +29,9 @@ type Config struct {
 	HandshakeTimeout time.Duration // time to complete a request head
 	MaxHandshakes    int           // connections still sending a request head; more are refused
 	MaxConns         int           // raw TCP peers (devices, group members, …) in total
+	HighWater        int           // unsent bytes past which an endpoint blocks its producers
+	LowWater         int           // unsent bytes below which it unblocks them
+	StallTimeout     time.Duration // a blocked endpoint that drains nothing this long is cut
 
 	Logger *slog.Logger
 }
@@ -41,6 +44,9 @@ func DefaultConfig() Config {
 		HandshakeTimeout: 10 * time.Second,
 		MaxHandshakes:    4096,
 		MaxConns:         100000,
+		HighWater:        1 << 20,
+		LowWater:         256 << 10,
+		StallTimeout:     10 * time.Second,
 	}
 }
 
@@ -54,6 +60,12 @@ func (cfg *Config) check() error {
 		return errors.New("max handshakes must be positive")
 	case cfg.MaxConns < 1:
 		return errors.New("max conns must be positive")
+	case cfg.HighWater < 1:
+		return errors.New("high watermark must be positive")
+	case cfg.LowWater < 0 || cfg.LowWater >= cfg.HighWater:
+		return errors.New("low watermark must be below the high watermark")
+	case cfg.StallTimeout <= 0:
+		return errors.New("stall timeout must be positive")
 	}
 	return nil
 }
@@ -64,12 +76,15 @@ type Server struct {
 	log *slog.Logger
 
 	cli    *gnet.Client
+	ctrl   gnet.Conn      // an internal connection: the loop handle, and the probe for pausing
 	el     gnet.EventLoop // the loop; Execute posts work to it from other goroutines
 	httpLn net.Listener
 
 	// published is the loop's latest metrics, for other goroutines.
 	published     atomic.Pointer[stats.Snapshot]
 	offLoop       offLoopCounters // counted by goroutines other than the loop
+	flowWake      chan struct{}   // the loop has endpoints to poll (flow.go)
+	flowDelay     atomic.Int64    // nanoseconds to the next flow check; 0: none due
 	stopping      atomic.Bool
 	ready         atomic.Bool // el is set; the ticker may post
 	acceptWG      sync.WaitGroup
@@ -94,7 +109,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, loopStopped: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, loopStopped: make(chan struct{}), flowWake: make(chan struct{}, 1)}
 	s.h = newHub(s)
 	s.published.Store(&stats.Snapshot{})
 	return s, nil
@@ -198,8 +213,9 @@ func (s *Server) attachControlConn() error {
 		far.Close()
 		return fmt.Errorf("control connection: %w", err)
 	}
-	s.el = gc.EventLoop()
+	s.ctrl, s.el = gc, gc.EventLoop()
 	s.ready.Store(true)
+	go s.flowPoller()
 	return nil
 }
 

@@ -65,6 +65,9 @@ func (c *TCPConn) traffic(gc gnet.Conn) gnet.Action {
 		c.class.BytesIn += uint64(n)
 		_, _ = gc.Discard(n)
 	}
+	if c.paused {
+		c.hub.repause(&c.Endpoint) // gnet turned reading back on to deliver this
+	}
 	return gnet.None
 }
 

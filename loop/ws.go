@@ -91,6 +91,9 @@ func (c *WSConn) traffic(gc gnet.Conn) gnet.Action {
 		c.frame(h, payload)
 		_, _ = gc.Discard(total)
 	}
+	if c.paused && !c.closing {
+		c.hub.repause(&c.Endpoint) // gnet turned reading back on to deliver this
+	}
 	_, _ = gc.Discard(-1) // ended: nothing more it sends matters
 	return gnet.None
 }

@@ -71,6 +71,10 @@ var (
 	bytesOut    = NewCounter("bytes_out_total", "Bytes written.", "kind", "role")
 	writes      = NewCounter("writes_total", "write and writev calls (each carries everything queued in one loop pass).", "kind", "role")
 	dropped     = NewCounter("dropped_messages_total", "Whole messages dropped for a reader past its bound.", "kind", "role")
+	blocked     = NewGauge("blocked", "Endpoints past their high watermark now.", "kind", "role")
+	paused      = NewGauge("paused", "Producers not being read now, because something they feed is blocked.", "kind", "role")
+	pauses      = NewCounter("pauses_total", "Times a producer was paused.", "kind", "role")
+	pausedSecs  = NewCounter("paused_seconds_total", "Time producers spent paused, summed.", "kind", "role")
 	discarded   = NewCounter("discarded_messages_total", "Messages discarded from members without the right to write.", "kind", "role")
 )
 
@@ -129,6 +133,10 @@ func (s *Snapshot) coreSamples() []Sample {
 			S(writes, float64(c.Writes), k, r),
 			S(dropped, float64(c.Dropped), k, r),
 			S(discarded, float64(c.Discarded), k, r),
+			S(blocked, float64(c.Blocked), k, r),
+			S(paused, float64(c.Paused), k, r),
+			S(pauses, float64(c.Pauses), k, r),
+			S(pausedSecs, c.PausedSeconds, k, r),
 		)
 		for reason, n := range c.Ends {
 			out = append(out, S(ends, float64(n), k, r, EndReasons[reason]))

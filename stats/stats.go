@@ -43,6 +43,11 @@ type ClassCounters struct {
 	Writes     uint64 // write and writev calls
 	Dropped    uint64 // whole messages dropped for a reader past its bound
 	Discarded  uint64 // messages from members without the right to write
+
+	Blocked       int     // endpoints past their high watermark now
+	Paused        int     // producers not being read now: something they feed is blocked
+	Pauses        uint64  // times a producer was paused
+	PausedSeconds float64 // time producers spent paused, summed
 }
 
 // Forced is the number of endpoints of the class ended by the server for a

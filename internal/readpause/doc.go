@@ -11,8 +11,7 @@
 // keeps data == fd and drops EPOLLIN is invisible to gnet except that the
 // loop stops getting readable events for that fd. Open finds that epoll
 // instance through /proc (no unsafe, no reflection into gnet) and checks
-// that it really is gnet's; Pause and Resume are one epoll_ctl each. See
-// ../../../shared/notes/gnet-backpressure.md for the measurements behind it.
+// that it really is gnet's; Pause and Resume are one epoll_ctl each.
 //
 // # Rules the caller must keep
 //

@@ -149,6 +149,7 @@ func headerHasToken(h http.Header, name, token string) bool {
 func NewClass(h *loop.Hub, kind string) *loop.Class {
 	return h.NewClass(kind, "driver").
 		Say(loop.EndSlow, "driver not keeping up, closing it").
+		Say(loop.EndStalled, "driver not keeping up, closing it").
 		Say(loop.EndMalformed, "malformed driver message, closing it").
 		Say(loop.EndOversized, "driver message too large, closing it").
 		Say(loop.EndProtocol, "driver broke the WebSocket protocol, closing it")
@@ -160,7 +161,7 @@ func Attach(r *loop.Request, answer []byte, cfg *Config, class *loop.Class, ch *
 	d := &Driver{Accept: accept, Module: r.Header.Get("X-Module-ID"), target: target}
 	d.Conn = r.Upgrade(answer, d, loop.WSOptions{
 		Class:      class,
-		Output:     loop.Output{Format: Format, Limit: cfg.MaxPending},
+		Output:     loop.Output{Format: Format, Limit: cfg.MaxPending, OnFull: loop.PauseWhenFull},
 		MaxMessage: cfg.MaxMessageBytes,
 	})
 	d.Upstream = loop.Upstream{Out: &d.Conn.Endpoint, Filter: accept}

@@ -120,6 +120,7 @@ func (k *Kind) Start(h *loop.Hub) error {
 	k.hub = h
 	k.members = h.NewClass(KindName, "member").
 		Say(loop.EndSlow, "socket group member not keeping up, closing it").
+		Say(loop.EndStalled, "socket group member not keeping up, closing it").
 		Say(loop.EndRefused, "refused socket group join").
 		Say(loop.EndTimeout, "refused socket group join")
 	k.drivers = driver.NewClass(h, KindName)
@@ -129,7 +130,7 @@ func (k *Kind) Start(h *loop.Hub) error {
 		k.hosts[host.Host] = host.Group
 	}
 	if addr := k.cfg.TCPAddr; addr != "" {
-		out := loop.Output{Format: loop.Raw, Limit: k.cfg.MaxMemberPending}
+		out := loop.Output{Format: loop.Raw, Limit: k.cfg.MaxMemberPending, OnFull: loop.PauseWhenFull}
 		ln, err := h.Listen(addr, "group", func(c net.Conn) *loop.TCPConn {
 			return h.NewTCPConn(c, k.members, out, &member{k: k})
 		})
