@@ -22,6 +22,8 @@ const Secret = "s3cret"
 
 // Options changes the defaults before the kinds are registered.
 type Options struct {
+	// Core adjusts the core's configuration (flow control, caps).
+	Core func(*loop.Config)
 	// Groups adjusts the socket-group configuration; its listeners are off
 	// unless it sets their addresses.
 	Groups func(*groups.Config)
@@ -41,6 +43,9 @@ func Start(t testing.TB, o Options) *Server {
 	core := loop.DefaultConfig()
 	core.HTTPAddr = "127.0.0.1:0"
 	core.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if o.Core != nil {
+		o.Core(&core)
+	}
 	drv := &driver.Config{Secret: Secret, MaxMessageBytes: 1 << 20, MaxPending: 16 << 20}
 	dcfg := dispatch.DefaultConfig()
 	dcfg.DeviceHost = "127.0.0.1"
