@@ -2,6 +2,8 @@ package loop
 
 import (
 	"context"
+	"errors"
+	"syscall"
 
 	"github.com/placeos-gnet/dispatch/internal/readpause"
 	"log/slog"
@@ -221,7 +223,18 @@ func (h *Hub) NewClass(kind, role string) *Class {
 // Listen binds a TCP listener whose connections enter the loop as raw TCP
 // endpoints; accept builds each one's endpoint on the accept goroutine.
 func (h *Hub) Listen(addr, what string, accept func(net.Conn) *TCPConn) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+	var lc net.ListenConfig
+	if size := h.cfg.PeerReadBuffer; size > 0 {
+		// Set on the listener, accepted sockets have it before the handshake
+		// picks their window scale. A peer whose reads are paused then
+		// leaves at most this much in the kernel.
+		lc.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, size) })
+			return errors.Join(err, serr)
+		}
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

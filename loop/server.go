@@ -32,6 +32,7 @@ type Config struct {
 	HighWater        int           // unsent bytes past which an endpoint blocks its producers
 	LowWater         int           // unsent bytes below which it unblocks them
 	StallTimeout     time.Duration // a blocked endpoint that drains nothing this long is cut
+	PeerReadBuffer   int           // SO_RCVBUF of raw TCP peers (0: the kernel's autotuning)
 
 	Logger *slog.Logger
 }
@@ -66,6 +67,8 @@ func (cfg *Config) check() error {
 		return errors.New("low watermark must be below the high watermark")
 	case cfg.StallTimeout <= 0:
 		return errors.New("stall timeout must be positive")
+	case cfg.PeerReadBuffer < 0:
+		return errors.New("peer read buffer must not be negative")
 	}
 	return nil
 }

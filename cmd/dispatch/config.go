@@ -150,6 +150,13 @@ func newOptions() *options {
 	o.add("group-tcp-preconfig", "", "DISPATCH_GROUP_TCP_PRECONFIG", "comma-separated group:host; connections from host join group without the prefix", (*groupHostsValue)(&g.TCPPreconfig), nil)
 	o.add("group-udp-preconfig", "", "DISPATCH_GROUP_UDP_PRECONFIG", "comma-separated host:port UDP group members from the start, never forgotten", (*udpMembersValue)(&g.UDPPreconfig), nil)
 	o.add("max-member-pending", "", "DISPATCH_MAX_MEMBER_PENDING", "unsent bytes per TCP group member; past it the member is closed", (*intValue)(&g.MaxMemberPending), atLeast(&g.MaxMemberPending, 64<<10))
+	o.add("high-water", "", "DISPATCH_HIGH_WATER", "unsent bytes past which a driver or group member holds back the devices and members that feed it", (*intValue)(&c.HighWater), atLeast(&c.HighWater, 1))
+	o.add("low-water", "", "DISPATCH_LOW_WATER", "unsent bytes below which it lets them go again; below --high-water", (*intValue)(&c.LowWater), below(&c.LowWater, &c.HighWater))
+	o.add("stall-timeout", "", "DISPATCH_STALL_TIMEOUT", "a driver or member held past --high-water that drains nothing this long is closed", (*durationValue)(&c.StallTimeout), positive(&c.StallTimeout))
+	o.add("peer-read-buffer", "", "DISPATCH_PEER_READ_BUFFER", "kernel receive buffer of device and group connections, bounding what a held-back peer leaves in the kernel; 0: the kernel's autotuning", (*intValue)(&c.PeerReadBuffer), atLeast(&c.PeerReadBuffer, 0))
+	o.add("max-ports", "", "DISPATCH_MAX_PORTS", "device ports open at once, TCP and UDP together; more are refused with 409", (*intValue)(&p.MaxPorts), atLeast(&p.MaxPorts, 1))
+	o.add("group-max-groups", "", "DISPATCH_GROUP_MAX_GROUPS", "TCP socket groups at once; a join that would open one more is refused", (*intValue)(&g.MaxGroups), atLeast(&g.MaxGroups, 1))
+	o.add("group-metrics-groups", "", "DISPATCH_GROUP_METRICS_GROUPS", "largest groups given series of their own in metrics; the rest are summed as group=\"_other\"", (*intValue)(&g.MetricsGroups), atLeast(&g.MetricsGroups, 0))
 
 	// The flag package prints nothing: run decides where help and errors go.
 	fs := flag.NewFlagSet("dispatch", flag.ContinueOnError)
@@ -237,6 +244,16 @@ func inRange(p *int, lo, hi int) func() error {
 	return func() error {
 		if *p < lo || *p > hi {
 			return fmt.Errorf("must be in %d-%d, got %d", lo, hi, *p)
+		}
+		return nil
+	}
+}
+
+// below checks a setting against another that it must stay under.
+func below(p, limit *int) func() error {
+	return func() error {
+		if *p < 0 || *p >= *limit {
+			return fmt.Errorf("must be at least 0 and below %d, got %d", *limit, *p)
 		}
 		return nil
 	}
