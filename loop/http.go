@@ -37,12 +37,13 @@ type Request struct {
 // httpConn is a connection that has not finished its request head.
 type httpConn struct {
 	hub  *Hub
+	l    *Listener // whose routes answer it
 	born time.Time
 	peer string
 }
 
-func newHTTPConn(h *Hub, c net.Conn) *httpConn {
-	return &httpConn{hub: h, born: time.Now(), peer: c.RemoteAddr().String()}
+func newHTTPConn(h *Hub, l *Listener, c net.Conn) *httpConn {
+	return &httpConn{hub: h, l: l, born: time.Now(), peer: c.RemoteAddr().String()}
 }
 
 func (hc *httpConn) opened(c gnet.Conn) gnet.Action {
@@ -88,7 +89,7 @@ func (hc *httpConn) traffic(c gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	r.Request, r.head = req, buf[:headLen]
-	if route, ok := h.routes[req.URL.Path]; ok {
+	if route, ok := hc.l.route(req.URL.Path); ok {
 		route(r)
 	} else {
 		r.Error(http.StatusNotFound, "not found", "")

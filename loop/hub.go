@@ -47,7 +47,6 @@ type Hub struct {
 	log *slog.Logger
 
 	kinds        []Kind
-	routes       map[string]Route // exact path → route, on the HTTP listener
 	channels     map[Key]*Channel // every open channel
 	kindChannels map[string]int   // open channels per kind, against its cap
 	// refusedChannels counts, per kind, channels not opened for its cap.
@@ -89,7 +88,6 @@ func newHub(s *Server) *Hub {
 		s:               s,
 		cfg:             &s.cfg,
 		log:             s.log,
-		routes:          make(map[string]Route),
 		channels:        make(map[Key]*Channel),
 		kindChannels:    make(map[string]int),
 		refusedChannels: make(map[string]uint64),
@@ -170,6 +168,7 @@ func (h *Hub) tick(posted time.Time) {
 func (h *Hub) publish() {
 	snap := &stats.Snapshot{Core: h.c, Lag: h.lag}
 	snap.AcceptErrors += h.s.offLoop.acceptErrors.Load()
+	snap.HandshakesRefused += h.s.offLoop.handshakesRefused.Load()
 	snap.Handshakes = len(h.handshakes)
 	for _, cl := range h.classes {
 		snap.Classes = append(snap.Classes, cl.ClassCounters)

@@ -78,10 +78,10 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 
-	cli    *gnet.Client
-	ctrl   gnet.Conn      // an internal connection: the loop handle, and the probe for pausing
-	el     gnet.EventLoop // the loop; Execute posts work to it from other goroutines
-	httpLn net.Listener
+	cli       *gnet.Client
+	ctrl      gnet.Conn      // an internal connection: the loop handle, and the probe for pausing
+	el        gnet.EventLoop // the loop; Execute posts work to it from other goroutines
+	listeners []*Listener    // HTTP listeners; the first is Config.HTTPAddr
 
 	// published is the loop's latest metrics, for other goroutines.
 	published     atomic.Pointer[stats.Snapshot]
@@ -101,7 +101,8 @@ type Server struct {
 // offLoopCounters are the few counts kept by goroutines that block on
 // sockets; they are folded into the loop's at publish.
 type offLoopCounters struct {
-	acceptErrors atomic.Uint64
+	acceptErrors      atomic.Uint64
+	handshakesRefused atomic.Uint64 // listeners that sort requests off the loop
 }
 
 // New validates cfg. Register kinds, then Start.
@@ -113,6 +114,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, loopStopped: make(chan struct{}), flowWake: make(chan struct{}, 1)}
+	s.listeners = []*Listener{newListener(s, "http", cfg.HTTPAddr)}
 	s.h = newHub(s)
 	s.published.Store(&stats.Snapshot{})
 	return s, nil
@@ -121,15 +123,6 @@ func New(cfg Config) (*Server, error) {
 // Register adds a kind. It must be called before Start.
 func (s *Server) Register(k Kind) {
 	s.h.kinds = append(s.h.kinds, k)
-}
-
-// Handle routes GET requests for an exact path on the HTTP listener to a
-// kind. It must be called before Start.
-func (s *Server) Handle(path string, r Route) {
-	if _, dup := s.h.routes[path]; dup {
-		panic("loop: two routes for " + path)
-	}
-	s.h.routes[path] = r
 }
 
 // Start runs the event loop, starts every kind and starts listening for
@@ -153,22 +146,32 @@ func (s *Server) Start() error {
 		_ = cli.Stop()
 		return err
 	}
-	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
-	if err != nil {
-		_ = cli.Stop()
-		return fmt.Errorf("listen on %s: %w", s.cfg.HTTPAddr, err)
+	for _, l := range s.listeners {
+		if err := l.bind(); err != nil {
+			s.closeListeners(context.Background())
+			_ = cli.Stop()
+			return fmt.Errorf("listen on %s: %w", l.addr, err)
+		}
 	}
 	if err := s.onLoop(s.h.startKinds); err != nil {
-		_ = ln.Close()
+		s.closeListeners(context.Background())
 		_ = s.onLoop(func() error { s.h.shutdown(); return nil })
 		_ = cli.Stop()
 		return err
 	}
-	s.httpLn = ln
-	s.acceptWG.Add(1)
-	go s.acceptLoop(ln, "http", func(c net.Conn) any { return newHTTPConn(s.h, c) })
-	s.log.Info("listening", "addr", ln.Addr().String())
+	for _, l := range s.listeners[1:] {
+		l.serve()
+		s.log.Info("http listening", "name", l.name, "addr", l.Addr().String())
+	}
+	s.HTTP().serve()
+	s.log.Info("listening", "addr", s.Addr().String())
 	return nil
+}
+
+func (s *Server) closeListeners(ctx context.Context) {
+	for _, l := range s.listeners {
+		l.close(ctx)
+	}
 }
 
 // onLoop runs fn on the loop and waits for its result.
@@ -223,7 +226,7 @@ func (s *Server) attachControlConn() error {
 }
 
 // Addr is the bound HTTP address.
-func (s *Server) Addr() net.Addr { return s.httpLn.Addr() }
+func (s *Server) Addr() net.Addr { return s.HTTP().Addr() }
 
 // Snapshot returns the loop's latest published metrics (a few hundred
 // milliseconds old at most).
@@ -237,9 +240,7 @@ func (s *Server) Done() <-chan struct{} { return s.loopStopped }
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		s.stopping.Store(true)
-		if s.httpLn != nil {
-			_ = s.httpLn.Close()
-		}
+		s.closeListeners(ctx)
 		drained := make(chan struct{})
 		if s.post(func() {
 			s.h.shutdown()
