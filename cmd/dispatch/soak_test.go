@@ -24,7 +24,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -48,6 +47,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/placeos-gnet/dispatch/codec"
+	"github.com/placeos-gnet/dispatch/internal/testkit"
 )
 
 // soakDuration is SOAK_DURATION, 60 s by default (10 s with -short).
@@ -85,7 +85,7 @@ func TestSoakChurn(t *testing.T) {
 		"LOG_LEVEL=info",
 		"DISPATCH_HANDSHAKE_TIMEOUT=1s",
 		"DISPATCH_MAX_MESSAGE_BYTES="+strconv.Itoa(soakMaxMessage))
-	metrics := s.metricsAddress(t)
+	metrics := s.MetricsAddr(t)
 
 	k := &soak{
 		t:        t,
@@ -96,8 +96,8 @@ func TestSoakChurn(t *testing.T) {
 		senders:  map[uint64]*soakSender{},
 	}
 	for i := range soakPortsPerProto {
-		k.tcpPorts = append(k.tcpPorts, freeTCPPort(t))
-		k.udpPorts = append(k.udpPorts, freeUDPPort(t))
+		k.tcpPorts = append(k.tcpPorts, testkit.FreeTCPPort(t))
+		k.udpPorts = append(k.udpPorts, testkit.FreeUDPPort(t))
 		if i < soakAnchored {
 			k.anchored[portKey("tcp", k.tcpPorts[i])] = true
 			k.anchored[portKey("udp", k.udpPorts[i])] = true
@@ -106,7 +106,7 @@ func TestSoakChurn(t *testing.T) {
 
 	// Baseline, before any port is open.
 	base := k.sample(t, metrics)
-	t.Logf("baseline: VmRSS %s, %d descriptors, %d goroutines", mib(base.rss), base.fds, base.goroutines)
+	t.Logf("baseline: VmRSS %s, %d descriptors, %d goroutines", testkit.MiB(base.rss), base.fds, base.goroutines)
 
 	// Anchors stay for the whole soak.
 	var anchors []*soakDriver
@@ -152,8 +152,8 @@ func TestSoakChurn(t *testing.T) {
 		<-watchTick.C
 		cur := k.sample(t, metrics)
 		peak = peak.max(cur)
-		if s.hasExited() {
-			t.Fatalf("the server exited during the soak:\n%s", s.logs.tail(8192))
+		if s.HasExited() {
+			t.Fatalf("the server exited during the soak:\n%s", s.LogTail(8192))
 		}
 	}
 	watchTick.Stop()
@@ -170,24 +170,24 @@ func TestSoakChurn(t *testing.T) {
 	// Anchors leave politely; everything they heard is now final.
 	for _, d := range anchors {
 		d.tLeave = time.Now()
-		_ = d.conn.SetWriteDeadline(time.Now().Add(eventTimeout))
+		_ = d.conn.SetWriteDeadline(time.Now().Add(testkit.EventTimeout))
 		_ = wsutil.WriteClientMessage(d.conn, ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))
 		d.expectClose = ws.StatusNormalClosure
 	}
 	for _, d := range anchors {
-		d.finish(eventTimeout)
+		d.finish(testkit.EventTimeout)
 	}
 	k.verify(metrics)
 
 	// Back to the start.
-	s.waitForStats(t, emptyStats)
+	testkit.WaitForStats(t, s, testkit.EmptyStats)
 	var end soakSample
-	settled := pollCond(15*time.Second, func() bool {
+	settled := testkit.Poll(15*time.Second, func() bool {
 		end = k.sample(t, metrics)
 		return end.fds <= base.fds+2 && end.goroutines <= base.goroutines+4
 	})
 	t.Logf("resources: VmRSS baseline %s, peak %s, end %s; descriptors %d / %d / %d; goroutines %d / %d / %d",
-		mib(base.rss), mib(peak.rss), mib(end.rss), base.fds, peak.fds, end.fds, base.goroutines, peak.goroutines, end.goroutines)
+		testkit.MiB(base.rss), testkit.MiB(peak.rss), testkit.MiB(end.rss), base.fds, peak.fds, end.fds, base.goroutines, peak.goroutines, end.goroutines)
 	t.Logf("load: %s", k.summary())
 	if !settled {
 		t.Errorf("leak: %d descriptors (baseline %d) and %d goroutines (baseline %d) after the soak",
@@ -196,18 +196,18 @@ func TestSoakChurn(t *testing.T) {
 	// Memory: bounded throughout, and back near the start (the Go runtime
 	// returns freed pages lazily, hence the slack).
 	if bound := base.rss + 128<<20; peak.rss > bound {
-		t.Errorf("VmRSS peaked at %s during the soak, over the bound %s (baseline %s)", mib(peak.rss), mib(bound), mib(base.rss))
+		t.Errorf("VmRSS peaked at %s during the soak, over the bound %s (baseline %s)", testkit.MiB(peak.rss), testkit.MiB(bound), testkit.MiB(base.rss))
 	}
 	if bound := base.rss + 64<<20; end.rss > bound {
-		t.Errorf("VmRSS %s after the soak, over the bound %s (baseline %s)", mib(end.rss), mib(bound), mib(base.rss))
+		t.Errorf("VmRSS %s after the soak, over the bound %s (baseline %s)", testkit.MiB(end.rss), testkit.MiB(bound), testkit.MiB(base.rss))
 	}
 	// No driver read promptly enough to be called slow, and nothing broke.
-	expectMetric(t, metrics, 0, "dispatch_forced_disconnects_total", "kind", "slow_driver")
-	expectMetric(t, metrics, 0, "dispatch_forced_disconnects_total", "kind", "slow_device")
-	logs := s.logs.String()
+	testkit.ExpectMetric(t, metrics, 0, "dispatch_forced_disconnects_total", "kind", "slow_driver")
+	testkit.ExpectMetric(t, metrics, 0, "dispatch_forced_disconnects_total", "kind", "slow_device")
+	logs := s.Logs()
 	for _, bad := range []string{"panic", "fatal error", "level=ERROR"} {
-		if n := countLogLines(logs, bad); n > 0 {
-			t.Errorf("%d log lines with %q: %s", n, bad, linesContaining(logs, bad))
+		if n := testkit.CountLines(logs, bad); n > 0 {
+			t.Errorf("%d log lines with %q: %s", n, bad, testkit.LinesContaining(logs, bad))
 		}
 	}
 	// And it still serves.
@@ -220,7 +220,7 @@ func TestSoakChurn(t *testing.T) {
 
 type soak struct {
 	t        *testing.T
-	s        *server
+	s        *testkit.Process
 	seed     uint64
 	deadline time.Time
 	actorSeq atomic.Uint64
@@ -276,19 +276,19 @@ func (a soakSample) max(b soakSample) soakSample {
 
 func (k *soak) sample(t *testing.T, metrics string) soakSample {
 	t.Helper()
-	rss, err := procStatusBytes(k.s.pid(), "VmRSS")
+	rss, err := testkit.ProcStatusBytes(k.s.PID(), "VmRSS")
 	if err != nil {
 		t.Fatalf("VmRSS: %v", err)
 	}
-	fds, err := procFDCount(k.s.pid())
+	fds, err := testkit.FDCount(k.s.PID())
 	if err != nil {
 		t.Fatalf("descriptors: %v", err)
 	}
-	all, err := scrapeMetrics(metrics)
+	all, err := testkit.Scrape(metrics)
 	if err != nil {
 		t.Fatalf("the server stopped answering /metrics: %v", err)
 	}
-	g, ok := metricValue(all, "go_goroutines")
+	g, ok := testkit.MetricValue(all, "go_goroutines")
 	if !ok {
 		t.Fatal("go_goroutines not exported")
 	}
@@ -390,7 +390,7 @@ func (k *soak) tcpDevice(rng *rand.Rand) {
 	defer dv.finished.Store(true)
 
 	dv.tDial = time.Now()
-	conn, err := dialTCPFrom(ip, net.JoinHostPort(localhost, strconv.Itoa(port)))
+	conn, err := testkit.Dial(ip, net.JoinHostPort(testkit.Localhost, strconv.Itoa(port)), testkit.ReuseAddr())
 	if err != nil {
 		// The port is closed (no driver on it right now), or closed while
 		// the connection waited in its backlog.
@@ -443,7 +443,7 @@ func (k *soak) tcpDevice(rng *rand.Rand) {
 		if abort && dv.sent+n > abortAt {
 			break
 		}
-		_ = conn.SetWriteDeadline(time.Now().Add(eventTimeout))
+		_ = conn.SetWriteDeadline(time.Now().Add(testkit.EventTimeout))
 		var m int
 		m, writeErr = conn.Write(soakStream(dv.uid, dv.sent, int(n)))
 		dv.sent += int64(m)
@@ -527,7 +527,7 @@ func (k *soak) udpSender(rng *rand.Rand) {
 			}
 		}
 	}()
-	to := &net.UDPAddr{IP: net.ParseIP(localhost), Port: port}
+	to := &net.UDPAddr{IP: net.ParseIP(testkit.Localhost), Port: port}
 	count := 5 + rng.Int64N(40)
 	for seq := range count {
 		if _, err := conn.WriteToUDP(datagramFor(snd.uid, seq), to); err != nil {
@@ -631,30 +631,21 @@ func (k *soak) randomAccept(rng *rand.Rand) string {
 
 // dialDriver registers a session and starts its reader.
 func (k *soak) dialDriver(kind string, port int, accept string, byHeader bool, rng *rand.Rand) (*soakDriver, error) {
-	target := fmt.Sprintf("%s/%s_dispatch?port=%d&accept=%s", basePath, kind, port, strings.ReplaceAll(accept, " ", "%20"))
+	target := fmt.Sprintf("%s/%s_dispatch?port=%d&accept=%s", testkit.BasePath, kind, port, strings.ReplaceAll(accept, " ", "%20"))
 	header := http.Header{"X-Module-Id": {"soak"}}
 	if byHeader {
-		header.Set("Authorization", "Bearer "+k.s.secret)
+		header.Set("Authorization", "Bearer "+k.s.Secret())
 	} else {
-		target += "&bearer_token=" + k.s.secret
+		target += "&bearer_token=" + k.s.Secret()
 	}
-	dialer := ws.Dialer{Timeout: eventTimeout, Header: ws.HandshakeHeaderHTTP(header),
-		NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			nd := net.Dialer{Control: reuseAddr}
-			return nd.DialContext(ctx, network, addr)
-		}}
-	conn, br, _, err := dialer.Dial(context.Background(), "ws://"+k.s.addr+target)
+	session, err := testkit.DialDriver(k.t, k.s, target, header, testkit.ReuseAddr())
 	if err != nil {
 		return nil, err
 	}
 	d := &soakDriver{
-		k: k, kind: kind, port: port, accept: parseAcceptSet(strings.ReplaceAll(accept, " ", "")), conn: conn, rng: rng,
+		k: k, kind: kind, port: port, accept: parseAcceptSet(strings.ReplaceAll(accept, " ", "")), conn: session.Conn, br: session.Reader, rng: rng,
 		tReg: time.Now(), readerDone: make(chan struct{}),
 		keys: map[tcpKey]*keyState{}, udpSeq: map[uint64]int64{}, udpSeen: map[uint64]int64{},
-	}
-	d.br = conn
-	if br != nil {
-		d.br = br
 	}
 	k.nDrivers.Add(1)
 	k.mu.Lock()
@@ -715,7 +706,7 @@ func (d *soakDriver) handle(m codec.Message) {
 	k := d.k
 	ip, err := netip.ParseAddr(string(m.IP))
 	if err != nil || !d.accept.contains(ip) {
-		k.violate("%s: heard %s, which it does not accept", d.where(), describeMsg(m))
+		k.violate("%s: heard %s, which it does not accept", d.where(), testkit.DescribeMessage(m))
 		return
 	}
 	d.mu.Lock()
@@ -754,7 +745,7 @@ func (d *soakDriver) handle(m codec.Message) {
 		}
 		st.closed = true
 	default:
-		k.violate("%s: unexpected %s", d.where(), describeMsg(m))
+		k.violate("%s: unexpected %s", d.where(), testkit.DescribeMessage(m))
 	}
 }
 
@@ -828,7 +819,7 @@ func (k *soak) device(uid uint64) *soakDevice {
 func (d *soakDriver) handleDatagram(m codec.Message) {
 	k := d.k
 	if m.Type != codec.Received || len(m.Data) < 16 {
-		k.violate("%s: unexpected %s", d.where(), describeMsg(m))
+		k.violate("%s: unexpected %s", d.where(), testkit.DescribeMessage(m))
 		return
 	}
 	uid := binary.BigEndian.Uint64(m.Data)
@@ -838,7 +829,7 @@ func (d *soakDriver) handleDatagram(m codec.Message) {
 	k.mu.Unlock()
 	switch {
 	case snd == nil || snd.port != d.port:
-		k.violate("%s: datagram from no sender of this port: %s", d.where(), describeMsg(m))
+		k.violate("%s: datagram from no sender of this port: %s", d.where(), testkit.DescribeMessage(m))
 	case snd.ip != string(m.IP) || snd.srcPort != m.ID:
 		k.violate("%s: datagram of sender %s:%d arrived as %s:%d", d.where(), snd.ip, snd.srcPort, m.IP, m.ID)
 	case !bytes.Equal(m.Data, datagramFor(uid, seq)):
@@ -879,19 +870,19 @@ var hostileLeaves = []struct {
 	bytes func() []byte
 	code  ws.StatusCode
 }{
-	{"malformed message", func() []byte { return rawClientFrame(true, 0, ws.OpBinary, true, []byte{3, '1', '2', '7'}) }, ws.StatusInvalidFramePayloadData},
+	{"malformed message", func() []byte { return testkit.RawClientFrame(true, 0, ws.OpBinary, true, []byte{3, '1', '2', '7'}) }, ws.StatusInvalidFramePayloadData},
 	{"unknown message type", func() []byte {
-		return rawClientFrame(true, 0, ws.OpBinary, true, codec.AppendMessage(nil, 9, []byte(localhost), 0, nil))
+		return testkit.RawClientFrame(true, 0, ws.OpBinary, true, codec.AppendMessage(nil, 9, []byte(testkit.Localhost), 0, nil))
 	}, ws.StatusInvalidFramePayloadData},
-	{"oversized frame", func() []byte { return rawFrameHeader(true, ws.OpBinary, 1<<40) }, ws.StatusMessageTooBig},
-	{"oversized message", func() []byte { return rawFrameHeader(true, ws.OpBinary, soakMaxMessage+1) }, ws.StatusMessageTooBig},
-	{"unmasked frame", func() []byte { return rawClientFrame(true, 0, ws.OpBinary, false, []byte{4}) }, ws.StatusProtocolError},
-	{"reserved bits", func() []byte { return rawClientFrame(true, 2, ws.OpBinary, true, []byte{4}) }, ws.StatusProtocolError},
-	{"reserved opcode", func() []byte { return rawClientFrame(true, 0, 0x5, true, nil) }, ws.StatusProtocolError},
+	{"oversized frame", func() []byte { return testkit.RawFrameHeader(true, ws.OpBinary, 1<<40) }, ws.StatusMessageTooBig},
+	{"oversized message", func() []byte { return testkit.RawFrameHeader(true, ws.OpBinary, soakMaxMessage+1) }, ws.StatusMessageTooBig},
+	{"unmasked frame", func() []byte { return testkit.RawClientFrame(true, 0, ws.OpBinary, false, []byte{4}) }, ws.StatusProtocolError},
+	{"reserved bits", func() []byte { return testkit.RawClientFrame(true, 2, ws.OpBinary, true, []byte{4}) }, ws.StatusProtocolError},
+	{"reserved opcode", func() []byte { return testkit.RawClientFrame(true, 0, 0x5, true, nil) }, ws.StatusProtocolError},
 	{"bad UTF-8 close reason", func() []byte {
-		return rawClientFrame(true, 0, ws.OpClose, true, []byte{0x03, 0xe8, 0xc3, 0x28})
+		return testkit.RawClientFrame(true, 0, ws.OpClose, true, []byte{0x03, 0xe8, 0xc3, 0x28})
 	}, ws.StatusInvalidFramePayloadData},
-	{"one-byte close", func() []byte { return rawClientFrame(true, 0, ws.OpClose, true, []byte{1}) }, ws.StatusProtocolError},
+	{"one-byte close", func() []byte { return testkit.RawClientFrame(true, 0, ws.OpClose, true, []byte{1}) }, ws.StatusProtocolError},
 }
 
 // churnDriver is one session: register, live a while writing to and
@@ -935,7 +926,7 @@ func (k *soak) churnDriver(rng *rand.Rand) {
 				msg = codec.AppendMessage(nil, codec.Write, []byte(key.ip), key.id, payload)
 				k.nWrites.Add(1)
 			default:
-				msg = codec.AppendMessage(nil, codec.Write, []byte(localhost), 1<<40, []byte("nobody")) // unknown: a no-op
+				msg = codec.AppendMessage(nil, codec.Write, []byte(testkit.Localhost), 1<<40, []byte("nobody")) // unknown: a no-op
 			}
 		case "udp":
 			if ip, p, ok := d.someSender(rng); ok && rng.IntN(6) != 0 {
@@ -945,7 +936,7 @@ func (k *soak) churnDriver(rng *rand.Rand) {
 				msg = codec.AppendMessage(nil, codec.Write, []byte("not-an-ip"), 70000, []byte("ignored"))
 			}
 		}
-		_ = d.conn.SetWriteDeadline(time.Now().Add(eventTimeout))
+		_ = d.conn.SetWriteDeadline(time.Now().Add(testkit.EventTimeout))
 		if err := wsutil.WriteClientBinary(d.conn, msg); err != nil {
 			k.violate("%s: writing: %v", d.where(), err)
 			break
@@ -953,7 +944,7 @@ func (k *soak) churnDriver(rng *rand.Rand) {
 	}
 
 	d.tLeave = time.Now()
-	_ = d.conn.SetWriteDeadline(time.Now().Add(eventTimeout))
+	_ = d.conn.SetWriteDeadline(time.Now().Add(testkit.EventTimeout))
 	switch r := rng.IntN(100); {
 	case r < 55:
 		d.expectClose = ws.StatusNormalClosure
@@ -1006,7 +997,7 @@ func (d *soakDriver) someSender(rng *rand.Rand) (string, uint64, bool) {
 
 func (k *soak) hostileHTTP(rng *rand.Rand) {
 	k.nHostileHTTP.Add(1)
-	conn, err := dialTCPFrom("", k.s.addr)
+	conn, err := testkit.Dial("", k.s.HTTPAddr(), testkit.ReuseAddr())
 	if err != nil {
 		k.violate("hostile HTTP: dial: %v", err)
 		return
@@ -1023,13 +1014,13 @@ func (k *soak) hostileHTTP(rng *rand.Rand) {
 	case 0:
 		send, want = "\x16\x03\x01"+string(junk)+"\n", 400
 	case 1:
-		send, want = "GET "+basePath+" HTTP/1.1\r\nX-Pad: "+strings.Repeat("x", 9000)+"\r\n\r\n", 431
+		send, want = "GET "+testkit.BasePath+" HTTP/1.1\r\nX-Pad: "+strings.Repeat("x", 9000)+"\r\n\r\n", 431
 	case 2:
-		send = "GET " + basePath + "/healthz HTTP/1.1\r\nHost: partial\r\n" // never finished: the deadline closes it
+		send = "GET " + testkit.BasePath + "/healthz HTTP/1.1\r\nHost: partial\r\n" // never finished: the deadline closes it
 	case 3:
 		send = strings.ReplaceAll(string(junk), "\n", "") // no line at all
 	case 4:
-		send, want = "GET "+basePath+"/tcp_dispatch?port=1&accept=127.0.0.1 HTTP/1.1\r\nAuthorization: Bearer wrong\r\nUpgrade: websocket\r\n\r\n", 401
+		send, want = "GET "+testkit.BasePath+"/tcp_dispatch?port=1&accept=127.0.0.1 HTTP/1.1\r\nAuthorization: Bearer wrong\r\nUpgrade: websocket\r\n\r\n", 401
 	case 5:
 		send, want = "BREW /coffee HTTP/1.1\r\n\r\n", 404
 	}
@@ -1037,12 +1028,12 @@ func (k *soak) hostileHTTP(rng *rand.Rand) {
 		return // closed already: fine
 	}
 	got, err := io.ReadAll(conn)
-	if err != nil && !isConnGone(err) {
-		k.violate("hostile HTTP (%q…): not closed: %v", abbreviate([]byte(send)), err)
+	if err != nil && !testkit.IsConnGone(err) {
+		k.violate("hostile HTTP (%q…): not closed: %v", testkit.Abbreviate([]byte(send)), err)
 		return
 	}
 	if want != 0 && !bytes.HasPrefix(got, fmt.Appendf(nil, "HTTP/1.1 %d ", want)) {
-		k.violate("hostile HTTP (%q…): answered %q, want %d", abbreviate([]byte(send)), abbreviate(got), want)
+		k.violate("hostile HTTP (%q…): answered %q, want %d", testkit.Abbreviate([]byte(send)), testkit.Abbreviate(got), want)
 	}
 }
 
@@ -1077,7 +1068,7 @@ func (k *soak) awaitUDPAnchors(anchors []*soakDriver) {
 			}
 			return n, from
 		}
-		if pollCond(eventTimeout, func() bool { n, _ := missing(); return n == 0 }) {
+		if testkit.Poll(testkit.EventTimeout, func() bool { n, _ := missing(); return n == 0 }) {
 			continue
 		}
 		n, snd := missing()
@@ -1196,7 +1187,7 @@ func (k *soak) verify(metrics string) {
 	if k.nViolation > 0 {
 		t.Errorf("%d violations; the first %d:\n  %s", k.nViolation, len(k.violations), strings.Join(k.violations, "\n  "))
 	}
-	expectMetricAtLeast(t, metrics, 1, "dispatch_parse_errors_total", "kind", "websocket_protocol")
+	testkit.ExpectMetricAtLeast(t, metrics, 1, "dispatch_parse_errors_total", "kind", "websocket_protocol")
 }
 
 // ---------------------------------------------------------------------------
@@ -1225,11 +1216,11 @@ func shutdownUnderLoad(t *testing.T, rcvbuf int) {
 		devicesPerPort   = 3
 		perDevice        = 4 << 20 // 12 MiB per port: under the 16 MiB bound, so nobody is cut as slow
 		startAfterBytes  = 512 << 10
-		shutdownDeadline = shutdownTimeout
+		shutdownDeadline = testkit.ShutdownTimeout
 	)
 	s := startRobustServer(t, "LOG_LEVEL=info")
 	type reader struct {
-		d        *driver
+		d        *testkit.Driver
 		bytes    atomic.Int64
 		code     ws.StatusCode
 		gotClose bool
@@ -1238,16 +1229,16 @@ func shutdownUnderLoad(t *testing.T, rcvbuf int) {
 	}
 	var readers []*reader
 	var devices []*net.TCPConn
-	bc := newBroadcaster()
+	bc := testkit.NewBroadcaster()
 	for range ports {
-		port := freeTCPPort(t)
+		port := testkit.FreeTCPPort(t)
 		for range driversPerPort {
-			var d *driver
+			var d *testkit.Driver
 			var err error
 			if rcvbuf == 0 {
-				d, err = s.dialDriver(t, dispatchTarget(basePath, "tcp", port, localhost), s.driverHeader())
+				d, err = testkit.DialDriver(t, s, testkit.DispatchTarget(testkit.BasePath, "tcp", port, testkit.Localhost), testkit.DriverHeader(s))
 			} else {
-				d, err = dialDriverWithRcvbuf(t, s, dispatchTarget(basePath, "tcp", port, localhost), rcvbuf)
+				d, err = testkit.DialDriver(t, s, testkit.DispatchTarget(testkit.BasePath, "tcp", port, testkit.Localhost), testkit.DriverHeader(s), testkit.ReceiveBuffer(rcvbuf))
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -1255,14 +1246,14 @@ func shutdownUnderLoad(t *testing.T, rcvbuf int) {
 			readers = append(readers, &reader{d: d, done: make(chan struct{})})
 		}
 		for range devicesPerPort {
-			devices = append(devices, dialDevice(t, localhost, port))
+			devices = append(devices, testkit.DialDevice(t, testkit.Localhost, port))
 		}
 	}
 	for _, r := range readers {
 		go func() {
 			defer close(r.done)
-			defer bc.notify()
-			code, _, err := readToCloseCounting(r.d, 30*time.Second, &r.bytes, bc)
+			defer bc.Notify()
+			code, _, err := r.d.ReadToClose(30*time.Second, func(n int64) { r.bytes.Add(n); bc.Notify() })
 			r.code, r.gotClose, r.err = code, err == nil, err
 		}()
 	}
@@ -1271,13 +1262,13 @@ func shutdownUnderLoad(t *testing.T, rcvbuf int) {
 		go func() {
 			for off := int64(0); off < perDevice; off += 64 << 10 {
 				_ = c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-				if _, err := c.Write(streamPattern(i, off, 64<<10)); err != nil {
+				if _, err := c.Write(testkit.StreamPattern(i, off, 64<<10)); err != nil {
 					return // the server closed us: shutting down
 				}
 			}
 		}()
 	}
-	if !bc.waitUntil(30*time.Second, func() bool {
+	if !bc.WaitUntil(30*time.Second, func() bool {
 		for _, r := range readers {
 			if r.bytes.Load() < startAfterBytes {
 				select {
@@ -1301,24 +1292,24 @@ func shutdownUnderLoad(t *testing.T, rcvbuf int) {
 	}
 
 	sigterm := time.Now()
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := s.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-s.exited:
+	case <-s.Exited():
 	case <-time.After(shutdownDeadline):
 		t.Fatalf("still running %v after SIGTERM", shutdownDeadline)
 	}
 	took := time.Since(sigterm)
-	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := s.ExitCode(); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
 	missing := 0
 	for i, r := range readers {
 		select {
 		case <-r.done:
-		case <-time.After(eventTimeout):
-			t.Fatalf("driver %d: still reading %v after the server exited", i, eventTimeout)
+		case <-time.After(testkit.EventTimeout):
+			t.Fatalf("driver %d: still reading %v after the server exited", i, testkit.EventTimeout)
 		}
 		if !r.gotClose {
 			missing++
@@ -1328,38 +1319,4 @@ func shutdownUnderLoad(t *testing.T, rcvbuf int) {
 		}
 	}
 	t.Logf("exited %v after SIGTERM; %d of %d drivers got close 1001", took.Round(time.Millisecond), len(readers)-missing, len(readers))
-}
-
-// readToCloseCounting is readToClose that counts data bytes as they arrive.
-func readToCloseCounting(d *driver, idle time.Duration, count *atomic.Int64, bc *broadcaster) (ws.StatusCode, int64, error) {
-	var data int64
-	buf := make([]byte, 64<<10)
-	for {
-		_ = d.conn.SetReadDeadline(time.Now().Add(idle))
-		h, err := ws.ReadHeader(d.r)
-		if err != nil {
-			return 0, data, err
-		}
-		if h.OpCode != ws.OpClose {
-			for left := h.Length; left > 0; {
-				n, err := d.r.Read(buf[:min(int64(len(buf)), left)])
-				left -= int64(n)
-				data += int64(n)
-				count.Add(int64(n))
-				if err != nil {
-					return 0, data, fmt.Errorf("inside a %d-byte frame: %w", h.Length, err)
-				}
-			}
-			bc.notify()
-			continue
-		}
-		payload := make([]byte, h.Length)
-		if _, err := io.ReadFull(d.r, payload); err != nil {
-			return 0, data, err
-		}
-		if len(payload) < 2 {
-			return ws.StatusNoStatusRcvd, data, nil
-		}
-		return ws.StatusCode(binary.BigEndian.Uint16(payload)), data, nil
-	}
 }
