@@ -259,7 +259,6 @@ func TestCloseFrameGetsCloseFrameBack(t *testing.T) {
 }
 
 func TestMalformedDriverMessageCloses1007(t *testing.T) {
-	t.Parallel()
 	ip := []byte(testkit.Localhost)
 	header := func(typ byte) []byte { return append([]byte{typ}, append(ip, 0)...) }
 	cases := map[string][]byte{
@@ -272,23 +271,25 @@ func TestMalformedDriverMessageCloses1007(t *testing.T) {
 		"data_size past end":   append(codec.AppendHeader(nil, codec.Write, ip, 0, 16), "abc"...),
 		"data_size way beyond": append(codec.AppendHeader(nil, codec.Write, ip, 0, 0xffffffff), "abc"...),
 	}
-	for name, msg := range cases {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			s := testkit.Start(t)
-			offender, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-			bystander := testkit.TCPDriver(t, s, port, testkit.Localhost)
-			testkit.WaitForStats(t, s, testkit.TCPStats(port, 2, 0))
+	forEachKind(t, func(t *testing.T, k channelKind) {
+		for name, msg := range cases {
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				s := testkit.Start(t, k.env()...)
+				offender, ch := k.open(t, s, testkit.Localhost)
+				bystander := attach(t, s, k, ch, testkit.Localhost)
+				k.waitCounts(t, s, ch, 2, 0)
 
-			offender.Send(msg)
-			offender.ExpectCloseCode(ws.StatusInvalidFramePayloadData)
-			testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 0))
+				offender.Send(msg)
+				offender.ExpectCloseCode(ws.StatusInvalidFramePayloadData)
+				k.waitCounts(t, s, ch, 1, 0)
 
-			// The bystander noticed nothing and keeps working.
-			device := testkit.DialDevice(t, testkit.Localhost, port)
-			bystander.ExpectOpened(testkit.Localhost, 0)
-			bystander.Write(testkit.Localhost, 0, []byte("still fine"))
-			testkit.ExpectReceives(t, device, []byte("still fine"))
-		})
-	}
+				// The bystander noticed nothing and keeps working.
+				producer := connect(t, s, k, ch, testkit.Localhost)
+				id := expectOpened(t, k, bystander, ch, testkit.Localhost)
+				bystander.Write(testkit.Localhost, id, []byte("still fine"))
+				testkit.ExpectReceives(t, producer, []byte("still fine"))
+			})
+		}
+	})
 }

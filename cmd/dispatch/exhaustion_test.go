@@ -1,8 +1,9 @@
 package main
 
 // Robustness, part two: resource exhaustion. Running out of file
-// descriptors must neither stop the engine nor wedge accepting; connection
-// caps refuse cleanly, without consuming ids, and are counted.
+// descriptors must neither stop the engine nor wedge accepting, for every
+// channel kind; connection caps refuse dispatch devices cleanly, without
+// consuming ids, and are counted.
 
 import (
 	"fmt"
@@ -23,42 +24,46 @@ import (
 const fdLimit = 64
 
 func TestFDExhaustionEngineSurvivesAndAcceptRecovers(t *testing.T) {
-	t.Parallel()
+	forEachKind(t, testFDExhaustion)
+}
+
+func testFDExhaustion(t *testing.T, k channelKind) {
 	prlimit := prlimitCommand(t)
 	secret := "robust-" + testkit.RandomHex(t, 12)
 	s := testkit.Launch(t, testkit.Options{
 		Secret:  secret,
 		Wrapper: []string{prlimit, fmt.Sprintf("--nofile=%d:%d", fdLimit, fdLimit), "--"},
-		Env: []string{"PLACE_SERVER_SECRET=" + secret, "LOG_LEVEL=debug",
-			"DISPATCH_METRICS_ADDR=127.0.0.1:0", "DISPATCH_DEVICE_HOST=" + testkit.Localhost},
+		Env: append([]string{"PLACE_SERVER_SECRET=" + secret, "LOG_LEVEL=debug",
+			"DISPATCH_METRICS_ADDR=127.0.0.1:0", "DISPATCH_DEVICE_HOST=" + testkit.Localhost}, k.env()...),
 	})
 	if got := openFileLimit(t, s.PID()); got != fdLimit {
 		t.Skipf("prlimit did not apply: the server's open-file limit is %d, want %d", got, fdLimit)
 	}
 	metrics := s.MetricsAddr(t)
-	w := newWitness(t, s)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
+	w := newWitness(t, s, k)
+	d, ch := k.open(t, s, testkit.Localhost)
 	pump := d.Pump()
 	baseline, err := testkit.FDCount(s.PID())
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	// Devices connect until the server cannot take one more. The kernel
+	// Producers connect until the server cannot take one more. The kernel
 	// completes every handshake (the listen backlog); "accepting fails" is
-	// the server saying so in its log, or a device never announced.
+	// the server saying so in its log, or a producer never announced.
 	refusals := func() int {
 		logs := s.Logs()
 		return testkit.CountLines(logs, "accept failing") + testkit.CountLines(logs, "could not hand connection")
 	}
 	var devices []*net.TCPConn
 	opened := map[uint64]bool{}
+	var firstID uint64 // the first producer's
 	exhausted := false
 	for attempt := 0; attempt < fdLimit+16 && !exhausted; attempt++ {
 		before := refusals()
-		conn, err := testkit.Dial(testkit.Localhost, net.JoinHostPort(testkit.Localhost, strconv.Itoa(port)), testkit.ReuseAddr())
+		conn, err := k.dial(s, ch, testkit.Localhost, testkit.ReuseAddr())
 		if err != nil {
-			t.Logf("device dial %d failed: %v", attempt, err)
+			t.Logf("producer dial %d failed: %v", attempt, err)
 			exhausted = true
 			break
 		}
@@ -74,10 +79,13 @@ func TestFDExhaustionEngineSurvivesAndAcceptRecovers(t *testing.T) {
 					t.Fatalf("driver: %v", it.Err)
 				}
 				if it.Msg.Type == codec.Opened {
+					if len(opened) == 0 {
+						firstID = it.Msg.ID
+					}
 					opened[it.Msg.ID] = true
 					break wait
 				}
-				t.Fatalf("driver: unexpected %s while devices connect", testkit.DescribeMessage(it.Msg))
+				t.Fatalf("driver: unexpected %s while producers connect", testkit.DescribeMessage(it.Msg))
 			case <-tick.C:
 				if refusals() > before {
 					exhausted = true
@@ -91,25 +99,25 @@ func TestFDExhaustionEngineSurvivesAndAcceptRecovers(t *testing.T) {
 		tick.Stop()
 	}
 	if !exhausted {
-		t.Fatalf("%d devices accepted under a limit of %d descriptors, and accepting never failed", len(opened), fdLimit)
+		t.Fatalf("%d producers accepted under a limit of %d descriptors, and accepting never failed", len(opened), fdLimit)
 	}
 	atLimit, _ := testkit.FDCount(s.PID())
-	t.Logf("open-file limit %d: %d descriptors at rest, %d devices admitted, %d descriptors in use when accepting failed",
+	t.Logf("open-file limit %d: %d descriptors at rest, %d producers admitted, %d descriptors in use when accepting failed",
 		fdLimit, baseline, len(opened), atLimit)
 	if s.HasExited() {
 		t.Fatalf("the server exited when it ran out of descriptors:\n%s", s.LogTail(4096))
 	}
 
-	// The engine survives: admitted devices and sessions keep working both ways.
+	// The engine survives: admitted producers and sessions keep working both ways.
 	first := devices[0]
 	testkit.Send(t, first, []byte("still here"))
-	m := testkit.ExpectPumped(t, pump, "RECEIVED from the first device", func(m codec.Message) bool {
-		return m.Type == codec.Received && m.ID == 0
+	m := testkit.ExpectPumped(t, pump, "RECEIVED from the first producer", func(m codec.Message) bool {
+		return m.Type == codec.Received && m.ID == firstID
 	})
 	if string(m.Data) != "still here" {
 		t.Fatalf("RECEIVED %q, want %q", m.Data, "still here")
 	}
-	d.Write(testkit.Localhost, 0, []byte("and you?"))
+	d.Write(testkit.Localhost, firstID, []byte("and you?"))
 	testkit.ExpectReceives(t, first, []byte("and you?"))
 	w.check(t)
 	// A new HTTP client now needs a descriptor the process does not have.
@@ -123,14 +131,14 @@ func TestFDExhaustionEngineSurvivesAndAcceptRecovers(t *testing.T) {
 		t.Logf("a new HTTP request while out of descriptors: answer %q, %v", testkit.Abbreviate(answer), err)
 	}
 
-	// Free the descriptors: every admitted device but the first leaves.
+	// Free the descriptors: every admitted producer but the first leaves.
 	for _, c := range devices[1:] {
 		c.Close()
 	}
 	closed := map[uint64]bool{}
 	allClosed := func() bool {
 		for id := range opened {
-			if id != 0 && !closed[id] {
+			if id != firstID && !closed[id] {
 				return false
 			}
 		}
@@ -139,7 +147,7 @@ func TestFDExhaustionEngineSurvivesAndAcceptRecovers(t *testing.T) {
 	for !allClosed() {
 		testkit.ExpectPumped(t, pump, fmt.Sprintf("CLOSED for %d clients (%d so far)", len(opened)-1, len(closed)), func(m codec.Message) bool {
 			switch m.Type {
-			case codec.Opened: // a device that waited in the backlog, admitted now
+			case codec.Opened: // a producer that waited in the backlog, admitted now
 				opened[m.ID] = true
 			case codec.Closed:
 				closed[m.ID] = true
@@ -148,30 +156,29 @@ func TestFDExhaustionEngineSurvivesAndAcceptRecovers(t *testing.T) {
 			return false
 		})
 	}
-	// The server's descriptors come back (the first device and the witness stay).
+	// The server's descriptors come back (the first producer and the witness stay).
 	testkit.Eventually(t, testkit.EventTimeout, "descriptors back to the level at rest", func() bool {
 		n, err := testkit.FDCount(s.PID())
 		return err == nil && n <= baseline+1+len(opened)-len(closed)
 	})
 
-	// Accepting recovers: HTTP, new sessions, new devices.
-	stats := testkit.StatsBody(t, s, testkit.BasePath)
-	if !strings.Contains(stats, fmt.Sprintf(`"%d":1`, w.port)) {
-		t.Errorf("stats after recovery: %s", stats)
+	// Accepting recovers: HTTP, new sessions, new producers.
+	if drivers, producers := k.counts(t, s, w.ch); drivers != 1 || producers != 1 {
+		t.Errorf("the witness's channel after recovery: %d drivers and %d producers, want 1 and 1", drivers, producers)
 	}
-	late, latePort := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	lateDevice := testkit.DialDevice(t, testkit.Localhost, latePort)
-	late.ExpectOpened(testkit.Localhost, 0)
+	late, lateCh := k.open(t, s, testkit.Localhost)
+	lateDevice := connect(t, s, k, lateCh, testkit.Localhost)
+	lateID := expectOpened(t, k, late, lateCh, testkit.Localhost)
 	testkit.Send(t, lateDevice, []byte("new port"))
-	if got := late.ExpectStream(testkit.Localhost, 0, 8); string(got) != "new port" {
-		t.Errorf("new port: got %q", got)
+	if got := late.ExpectStream(testkit.Localhost, lateID, 8); string(got) != "new port" {
+		t.Errorf("new channel: got %q", got)
 	}
-	again := testkit.DialDevice(t, testkit.Localhost, port)
-	testkit.ExpectPumped(t, pump, "OPENED for a device after recovery", func(m codec.Message) bool {
+	again := connect(t, s, k, ch, testkit.Localhost)
+	testkit.ExpectPumped(t, pump, "OPENED for a producer after recovery", func(m codec.Message) bool {
 		return m.Type == codec.Opened && !opened[m.ID]
 	})
 	testkit.Send(t, again, []byte("welcome back"))
-	testkit.ExpectPumped(t, pump, "RECEIVED from a device after recovery", func(m codec.Message) bool {
+	testkit.ExpectPumped(t, pump, "RECEIVED from a producer after recovery", func(m codec.Message) bool {
 		return m.Type == codec.Received && string(m.Data) == "welcome back"
 	})
 	w.check(t)
@@ -183,7 +190,7 @@ func TestFDExhaustionEngineSurvivesAndAcceptRecovers(t *testing.T) {
 
 func TestConnectionCapsRefuseCleanlyAndAreCounted(t *testing.T) {
 	t.Parallel()
-	s := startRobustServer(t, "DISPATCH_MAX_PORT_CONNS=3", "DISPATCH_MAX_CONNS=5")
+	s := startRobustServer(t, dispatchKind{}, "DISPATCH_MAX_PORT_CONNS=3", "DISPATCH_MAX_CONNS=5")
 	metrics := s.MetricsAddr(t)
 	a, portA := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
 	b, portB := testkit.OpenPort(t, s, "tcp", testkit.Localhost)

@@ -81,7 +81,7 @@ func TestSoakChurn(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("soak: %v, seed %d", duration, seed)
 
-	s := startRobustServer(t,
+	s := startRobustServer(t, dispatchKind{},
 		"LOG_LEVEL=info",
 		"DISPATCH_HANDSHAKE_TIMEOUT=1s",
 		"DISPATCH_MAX_MESSAGE_BYTES="+strconv.Itoa(soakMaxMessage))
@@ -211,7 +211,7 @@ func TestSoakChurn(t *testing.T) {
 		}
 	}
 	// And it still serves.
-	w := newWitness(t, s)
+	w := newWitness(t, s, dispatchKind{})
 	w.check(t)
 }
 
@@ -1218,7 +1218,7 @@ func shutdownUnderLoad(t *testing.T, rcvbuf int) {
 		startAfterBytes  = 512 << 10
 		shutdownDeadline = testkit.ShutdownTimeout
 	)
-	s := startRobustServer(t, "LOG_LEVEL=info")
+	s := startRobustServer(t, dispatchKind{}, "LOG_LEVEL=info")
 	type reader struct {
 		d        *testkit.Driver
 		bytes    atomic.Int64
