@@ -65,9 +65,7 @@ func TestTokenNeverLogged(t *testing.T) {
 func TestSIGTERMClosesDriversWith1001AndExits0(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	device := testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, _, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
 	if err := s.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -207,9 +205,7 @@ func TestLogLevelAndFormat(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			s := testkit.Launch(t, testkit.Options{Secret: "secret", Env: append(c.env, "PLACE_SERVER_SECRET=secret")})
-			d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-			testkit.DialDevice(t, testkit.Localhost, port)
-			d.ExpectOpened(testkit.Localhost, 0)
+			testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 			testkit.Get(t, s, testkit.BasePath) // a refused request
 			s.Stop()
 			if got := debugLine.MatchString(s.Logs()); got != c.wantDebug {

@@ -86,9 +86,7 @@ func TestClientIDsCountPerPortFromZero(t *testing.T) {
 func TestClientIDsResetWhenPortReopens(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, port, _ := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 	testkit.DialDevice(t, testkit.Localhost, port)
 	d.ExpectOpened(testkit.Localhost, 1)
 
@@ -103,9 +101,7 @@ func TestClientIDsResetWhenPortReopens(t *testing.T) {
 func TestReceivedCarriesEachRead(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	device := testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, _, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
 	for _, chunk := range []string{"a", "bcd", "\x00\xff binary \x00"} {
 		testkit.Send(t, device, []byte(chunk))
@@ -122,9 +118,7 @@ func TestReceivedCarriesEachRead(t *testing.T) {
 func TestWriteReachesDevice(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	device := testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, _, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
 	d.Write(testkit.Localhost, 0, []byte("hello"))
 	testkit.ExpectReceives(t, device, []byte("hello"))
@@ -180,9 +174,7 @@ func TestCloseNotifiesEveryInterestedDriver(t *testing.T) {
 func TestUnknownClientWriteAndCloseAreNoOps(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	device := testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, port, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
 	d.Write(testkit.Localhost, 7, []byte("nobody"))
 	d.CloseClient(testkit.Localhost, 7)
@@ -199,9 +191,7 @@ func TestUnknownClientWriteAndCloseAreNoOps(t *testing.T) {
 func TestTextMessagesAreIgnored(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	device := testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, _, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
 	// A well-formed WRITE (valid UTF-8, all bytes < 0x80) sent as text.
 	asText := codec.AppendMessage(nil, codec.Write, []byte(testkit.Localhost), 0, []byte("TEXT"))

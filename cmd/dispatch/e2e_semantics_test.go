@@ -72,9 +72,7 @@ func TestPortOpensWithFirstDriverAndClosesWithLast(t *testing.T) {
 func TestUnlistedIPIsClosedAtOnceWithoutID(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, port, _ := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
 		testkit.ExpectDisconnected(t, testkit.DialDevice(t, ip, port))
@@ -166,9 +164,7 @@ func TestClientsClosedWhenTheirIPLosesLastListingDriver(t *testing.T) {
 func TestDeviceHalfCloseProducesClosed(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	device := testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, port, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 	testkit.Send(t, device, []byte("last words"))
 	if err := device.CloseWrite(); err != nil {
 		t.Fatal(err)

@@ -64,9 +64,7 @@ func TestStatsUDPCountsGoUpAndDown(t *testing.T) {
 func TestStatsTCPClientsDropOnceOnDriverClose(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	device := testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, port, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 1))
 
 	d.CloseClient(testkit.Localhost, 0)
@@ -83,9 +81,7 @@ func TestStatsTCPClientsDropOnceOnDriverClose(t *testing.T) {
 func TestStatsTCPClientsDropOnceOnDeviceClose(t *testing.T) {
 	t.Parallel()
 	s := testkit.Start(t)
-	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
-	device := testkit.DialDevice(t, testkit.Localhost, port)
-	d.ExpectOpened(testkit.Localhost, 0)
+	d, port, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 1))
 
 	device.Close()

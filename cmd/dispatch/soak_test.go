@@ -862,10 +862,7 @@ func (d *soakDriver) handle(m codec.Message) {
 		d.keys[key] = &keyState{opened: true}
 		d.opened = append(d.opened, m.ID)
 	case codec.Received:
-		if st == nil {
-			st = &keyState{}
-			d.keys[key] = st
-		}
+		st = d.state(key)
 		if st.closed {
 			k.violate("%s: RECEIVED for %s id %d after its CLOSED", d.where(), m.IP, m.ID)
 			return
@@ -878,10 +875,7 @@ func (d *soakDriver) handle(m codec.Message) {
 		}
 		return
 	case codec.Closed:
-		if st == nil {
-			st = &keyState{}
-			d.keys[key] = st
-		}
+		st = d.state(key)
 		if st.closed {
 			k.violate("%s: second CLOSED for %s id %d", d.where(), m.IP, m.ID)
 		}
@@ -893,6 +887,17 @@ func (d *soakDriver) handle(m codec.Message) {
 	if d.anchor && d.ch.log != nil {
 		d.ch.log.event(m.Type, key)
 	}
+}
+
+// state is what the driver heard of key so far, created on first use (a
+// driver that attached after the producer hears no OPENED on a dispatch port).
+func (d *soakDriver) state(key tcpKey) *keyState {
+	st := d.keys[key]
+	if st == nil {
+		st = &keyState{}
+		d.keys[key] = st
+	}
+	return st
 }
 
 // feed checks a stretch of a TCP producer's bytes, identifying it first.

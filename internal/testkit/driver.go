@@ -118,6 +118,17 @@ func OpenPort(tb testing.TB, s Server, proto, accept string) (*Driver, int) {
 	return d, port
 }
 
+// OpenPortWithDevice registers a driver on a free TCP dispatch port
+// admitting fromIP, connects a device from fromIP and checks that the
+// driver is told OPENED for it, with id 0.
+func OpenPortWithDevice(tb testing.TB, s Server, fromIP string) (*Driver, int, *net.TCPConn) {
+	tb.Helper()
+	d, port := OpenPort(tb, s, "tcp", fromIP)
+	device := DialDevice(tb, fromIP, port)
+	d.ExpectOpened(fromIP, 0)
+	return d, port, device
+}
+
 // Send writes one binary WebSocket message.
 func (d *Driver) Send(msg []byte) {
 	d.tb.Helper()

@@ -27,6 +27,8 @@ const (
 // log format.
 type logBuffer struct {
 	mu      sync.Mutex
+	headMax int // logHeadBytes, but for tests of the bound itself
+	tailMax int // logTailBytes, likewise
 	head    []byte
 	tail    []byte
 	dropped int64  // bytes dropped between head and tail
@@ -38,7 +40,7 @@ type logBuffer struct {
 }
 
 func newLogBuffer() *logBuffer {
-	return &logBuffer{ready: make(chan string, 1), groups: map[string]string{}}
+	return &logBuffer{headMax: logHeadBytes, tailMax: logTailBytes, ready: make(chan string, 1), groups: map[string]string{}}
 }
 
 func (l *logBuffer) Write(p []byte) (int, error) {
@@ -64,16 +66,16 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 }
 
 func (l *logBuffer) store(p []byte) {
-	if room := logHeadBytes - len(l.head); room > 0 {
+	if room := l.headMax - len(l.head); room > 0 {
 		n := min(room, len(p))
 		l.head = append(l.head, p[:n]...)
 		p = p[n:]
 	}
 	l.tail = append(l.tail, p...)
-	if len(l.tail) > logTailBytes {
+	if len(l.tail) > l.tailMax {
 		// Drop the oldest quarter, at a line boundary, so that appending
 		// stays amortised.
-		cut := len(l.tail) - logTailBytes*3/4
+		cut := len(l.tail) - l.tailMax*3/4
 		if i := bytes.IndexByte(l.tail[cut:], '\n'); i >= 0 {
 			cut += i + 1
 		}
@@ -83,8 +85,8 @@ func (l *logBuffer) store(p []byte) {
 }
 
 func (l *logBuffer) parse(line []byte) {
-	if len(line) > logLineMax {
-		return
+	if len(line) > logLineMax || !bytes.Contains(line, []byte("listening")) {
+		return // only listener lines are events; most lines are not
 	}
 	switch logField(line, "msg") {
 	case "listening":
