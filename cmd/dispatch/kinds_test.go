@@ -27,6 +27,8 @@ type channelKind interface {
 	String() string
 	// env is what a server needs for this kind.
 	env() []string
+	// newChannel names a fresh channel: a free port, an unused group id.
+	newChannel(t *testing.T) *channel
 	// open attaches a first driver admitting accept to a fresh channel;
 	// opts apply to the driver's socket.
 	open(t *testing.T, s testkit.Server, accept string, opts ...testkit.DialOption) (*testkit.Driver, *channel)
@@ -43,6 +45,8 @@ type channelKind interface {
 	// waitCounts waits until ch has exactly these drivers and producers
 	// (dispatch: and no other port is open).
 	waitCounts(t *testing.T, s testkit.Server, ch *channel, drivers, producers int)
+	// waitIdle waits until the server holds no channel of any kind.
+	waitIdle(t *testing.T, s testkit.Server)
 	// producersHear says whether a producer hears what the others send.
 	producersHear() bool
 	// announcesPresent says whether a driver that attaches late is told
@@ -128,6 +132,10 @@ type dispatchKind struct{}
 func (dispatchKind) String() string { return "dispatch" }
 func (dispatchKind) env() []string  { return nil }
 
+func (dispatchKind) newChannel(t *testing.T) *channel {
+	return &channel{port: testkit.FreeTCPPort(t)}
+}
+
 func (dispatchKind) open(t *testing.T, s testkit.Server, accept string, opts ...testkit.DialOption) (*testkit.Driver, *channel) {
 	t.Helper()
 	var d *testkit.Driver
@@ -175,6 +183,11 @@ func (dispatchKind) waitCounts(t *testing.T, s testkit.Server, ch *channel, driv
 	testkit.WaitForStats(t, s, testkit.TCPStats(ch.port, drivers, producers))
 }
 
+func (dispatchKind) waitIdle(t *testing.T, s testkit.Server) {
+	t.Helper()
+	testkit.WaitForStats(t, s, testkit.EmptyStats)
+}
+
 func (dispatchKind) producersHear() bool    { return false }
 func (dispatchKind) announcesPresent() bool { return false }
 
@@ -192,9 +205,13 @@ type groupKind struct{}
 func (groupKind) String() string { return "group" }
 func (groupKind) env() []string  { return []string{"DISPATCH_GROUP_TCP=127.0.0.1:0"} }
 
+func (groupKind) newChannel(t *testing.T) *channel {
+	return &channel{group: "g-" + testkit.RandomHex(t, 6)}
+}
+
 func (k groupKind) open(t *testing.T, s testkit.Server, accept string, opts ...testkit.DialOption) (*testkit.Driver, *channel) {
 	t.Helper()
-	ch := &channel{group: "g-" + testkit.RandomHex(t, 6)}
+	ch := k.newChannel(t)
 	d, err := testkit.DialDriver(t, s, k.target(ch, accept), testkit.DriverHeader(s), opts...)
 	if err != nil {
 		t.Fatalf("driver on group %s: %v", ch.group, err)
@@ -239,6 +256,19 @@ func (groupKind) counts(t *testing.T, s testkit.Server, ch *channel) (int, int) 
 func (groupKind) waitCounts(t *testing.T, s testkit.Server, ch *channel, drivers, producers int) {
 	t.Helper()
 	testkit.WaitGroupCounts(t, s, "tcp", ch.group, testkit.GroupCounts{Members: producers, Upstreams: drivers})
+}
+
+// waitIdle waits for the groups document to list no group (a group with
+// neither members nor drivers is forgotten) and the dispatch stats to stay
+// empty.
+func (groupKind) waitIdle(t *testing.T, s testkit.Server) {
+	t.Helper()
+	const none = `{"tcp":{},"udp":{}}`
+	var doc string
+	if !testkit.Poll(testkit.EventTimeout, func() bool { doc = testkit.GroupsDocument(t, s); return doc == none }) {
+		t.Fatalf("groups document %s, want %s", doc, none)
+	}
+	testkit.WaitForStats(t, s, testkit.EmptyStats)
 }
 
 func (groupKind) producersHear() bool    { return true }

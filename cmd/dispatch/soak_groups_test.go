@@ -237,7 +237,7 @@ func (k *soak) joinGroup(dv *soakDevice, rng *rand.Rand) (*net.TCPConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	line := testkit.JoinLine(dv.ch.group)
+	line := testkit.JoinLine(dv.ch.ch.group)
 	var pieces [][]byte
 	switch rng.IntN(4) {
 	case 0:
@@ -368,7 +368,7 @@ func (k *soak) hostileJoiner(rng *rand.Rand) {
 	case 2:
 		pieces = []string{string(testkit.JoinLine(strings.Repeat("x", 129)))} // the longest id is 128 bytes
 	case 3:
-		pieces = []string{"SOCKETFORWARDER-OLD:" + c.group + "\n"}
+		pieces = []string{"SOCKETFORWARDER-OLD:" + c.ch.group + "\n"}
 	case 4:
 		pieces = []string{"SOCKET", "FORWARDER"} // a prefix of the prefix, never finished
 	}
@@ -404,7 +404,7 @@ func (k *soak) deafMember(rng *rand.Rand) {
 	k.mu.Unlock()
 	k.nDeaf.Add(1)
 	_ = conn.SetWriteDeadline(time.Now().Add(testkit.EventTimeout))
-	if _, err := conn.Write(testkit.JoinLine(c.group)); err != nil {
+	if _, err := conn.Write(testkit.JoinLine(c.ch.group)); err != nil {
 		k.violate("deaf member on %s: joining: %v", c, err)
 		return
 	}

@@ -131,19 +131,14 @@ func runSoak(t *testing.T, kind channelKind, duration time.Duration) {
 		deaf:    map[string]bool{},
 	}
 	for i := range plan.tcp {
-		c := &soakChannel{proto: "tcp", anchored: i < plan.anchored}
-		if _, ok := kind.(groupKind); ok {
-			c.proto, c.group = "group", fmt.Sprintf("soak-%d", i)
-			if c.anchored {
-				c.log = newGroupLog()
-			}
-		} else {
-			c.port = testkit.FreeTCPPort(t)
+		c := &soakChannel{kind: kind, ch: kind.newChannel(t), anchored: i < plan.anchored}
+		if c.anchored && kind.producersHear() {
+			c.log = newGroupLog()
 		}
 		k.tcp = append(k.tcp, c)
 	}
 	for i := range plan.udp {
-		k.udp = append(k.udp, &soakChannel{proto: "udp", port: testkit.FreeUDPPort(t), anchored: i < plan.anchored})
+		k.udp = append(k.udp, &soakChannel{udpPort: testkit.FreeUDPPort(t), anchored: i < plan.anchored})
 	}
 
 	// Baseline, before any port is open.
@@ -158,8 +153,8 @@ func runSoak(t *testing.T, kind channelKind, duration time.Duration) {
 			continue
 		}
 		accept := soakAnchorAccept
-		if c.proto == "group" {
-			accept = ""
+		if c.isGroup() {
+			accept = "" // every member: the anchor's order is what every member must hear
 		}
 		d, err := k.dialDriver(c, accept, true, rand.New(rand.NewPCG(seed, uint64(len(anchors)))))
 		if err != nil {
@@ -242,13 +237,7 @@ func runSoak(t *testing.T, kind channelKind, duration time.Duration) {
 	k.verify(metrics)
 
 	// Back to the start.
-	if _, ok := kind.(groupKind); ok {
-		var doc string
-		if !testkit.Poll(testkit.EventTimeout, func() bool { doc = testkit.GroupsDocument(t, s); return doc == `{"tcp":{},"udp":{}}` }) {
-			t.Errorf("groups left after the soak: %s", doc)
-		}
-	}
-	testkit.WaitForStats(t, s, testkit.EmptyStats)
+	kind.waitIdle(t, s)
 	var end soakSample
 	settled := testkit.Poll(15*time.Second, func() bool {
 		end = k.sample(t, metrics)
@@ -288,31 +277,42 @@ func runSoak(t *testing.T, kind channelKind, duration time.Duration) {
 // ---------------------------------------------------------------------------
 // The soak's bookkeeping.
 
-// soakChannel is a dispatch port ("tcp", "udp") or a TCP socket group
-// ("group") the soak runs over.
+// soakChannel is a channel of the soak's kind (a dispatch TCP port, a TCP
+// socket group), or a dispatch UDP port.
 type soakChannel struct {
-	proto    string
-	port     int       // dispatch
-	group    string    // group
+	kind     channelKind // nil for a UDP port
+	ch       *channel    // nil for a UDP port
+	udpPort  int
 	anchored bool      // it has an anchor driver all along
 	log      *groupLog // anchored groups: the order the anchor heard the members in
 }
 
+func (c *soakChannel) udp() bool { return c.kind == nil }
+
+// isGroup says whether producers join it as socket-group members: with a
+// line, in any of the shapes the soak tries, admitted whatever their IP,
+// and the channel lives on without drivers. A dispatch port admits devices
+// only from IPs a driver on it lists, and is closed while it has no driver.
+func (c *soakChannel) isGroup() bool { return c.ch != nil && c.ch.group != "" }
+
 func (c *soakChannel) String() string {
-	if c.proto == "group" {
-		return "group/" + c.group
+	switch {
+	case c.udp():
+		return "udp/" + strconv.Itoa(c.udpPort)
+	case c.isGroup():
+		return "group/" + c.ch.group
 	}
-	return c.proto + "/" + strconv.Itoa(c.port)
+	return "tcp/" + strconv.Itoa(c.ch.port)
 }
 
 // target is the upgrade target of a driver admitting accept ("": everyone,
 // groups only; spaces are sent escaped).
 func (c *soakChannel) target(accept string) string {
 	accept = strings.ReplaceAll(accept, " ", "%20")
-	if c.proto == "group" {
-		return testkit.GroupTarget(testkit.BasePath, c.group, accept)
+	if c.udp() {
+		return testkit.DispatchTarget(testkit.BasePath, "udp", c.udpPort, accept)
 	}
-	return testkit.DispatchTarget(testkit.BasePath, c.proto, c.port, accept)
+	return c.kind.target(c.ch, accept)
 }
 
 type soak struct {
@@ -507,10 +507,10 @@ func (k *soak) producer(rng *rand.Rand) {
 
 	var conn *net.TCPConn
 	var err error
-	if ch.proto == "group" {
+	if ch.isGroup() {
 		conn, err = k.joinGroup(dv, rng)
 	} else {
-		conn, err = testkit.Dial(ip, net.JoinHostPort(testkit.Localhost, strconv.Itoa(ch.port)), testkit.ReuseAddr())
+		conn, err = ch.kind.dial(k.s, ch.ch, ip, testkit.ReuseAddr())
 		if err != nil && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)) {
 			// The port is closed (no driver on it right now), or closed
 			// while the connection waited in its backlog.
@@ -543,7 +543,7 @@ func (k *soak) producer(rng *rand.Rand) {
 			switch {
 			case dv.heard != nil:
 				dv.heard.feed(buf[:n])
-			case ch.proto == "group":
+			case ch.kind.producersHear():
 				// Unanchored group: the order of the others' bytes is not
 				// recorded anywhere; what arrives is only drained.
 			default:
@@ -602,13 +602,13 @@ func (k *soak) producer(rng *rand.Rand) {
 	dv.clean = writeErr == nil && errors.Is(res.err, io.EOF) && res.at.After(tHalfClose)
 	if !listed {
 		k.nDevicesUnlisted.Add(1)
-		if res.recv > 0 && ch.proto != "group" {
+		if res.recv > 0 && !ch.isGroup() {
 			k.violate("device from unlisted %s on %s received %d bytes", ip, ch, res.recv)
 		}
 	}
 	// On an anchored channel nothing closes a producer but itself (a
 	// group admits every IP; a dispatch anchor lists every listed one).
-	if (listed || ch.proto == "group") && ch.anchored && !dv.clean {
+	if (listed || ch.isGroup()) && ch.anchored && !dv.clean {
 		k.violate("producer %s on anchored %s (uid %x) did not finish cleanly: write %v, read %v after %d of %d bytes",
 			ip, ch, dv.uid, writeErr, res.err, dv.sent, dv.total)
 	}
@@ -638,7 +638,7 @@ func datagramFor(uid uint64, seq int64) []byte {
 }
 
 func (k *soak) udpSender(rng *rand.Rand) {
-	port := k.udp[rng.IntN(len(k.udp))].port
+	port := k.udp[rng.IntN(len(k.udp))].udpPort
 	ip, _ := pickDeviceIP(rng)
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
 	if err != nil {
@@ -847,7 +847,7 @@ func (d *soakDriver) handle(m codec.Message) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.ch.proto == "udp" {
+	if d.ch.udp() {
 		d.handleDatagram(m)
 		return
 	}
@@ -918,7 +918,7 @@ func (d *soakDriver) feed(st *keyState, key tcpKey, data []byte) {
 			switch {
 			case dev != nil && dev.ip == key.ip && dev.ch == d.ch && bytes.Equal(st.pending, soakStream(dev.uid, 0, len(st.pending))):
 				st.dev, st.start, identified = dev, 0, true
-			case d.ch.proto != "group":
+			case !d.ch.kind.announcesPresent():
 				k.violate("%s: the stream of %s id %d starts with % x, not a device of this port and IP", d.where(), key.ip, key.id, st.pending[:8])
 				st.pending = nil
 				st.dev = &soakDevice{} // stop checking this producer
@@ -991,7 +991,7 @@ func (d *soakDriver) handleDatagram(m codec.Message) {
 	snd := k.senders[uid]
 	k.mu.Unlock()
 	switch {
-	case snd == nil || snd.port != d.ch.port:
+	case snd == nil || snd.port != d.ch.udpPort:
 		k.violate("%s: datagram from no sender of this port: %s", d.where(), testkit.DescribeMessage(m))
 	case snd.ip != string(m.IP) || snd.srcPort != m.ID:
 		k.violate("%s: datagram of sender %s:%d arrived as %s:%d", d.where(), snd.ip, snd.srcPort, m.IP, m.ID)
@@ -1059,7 +1059,7 @@ func (k *soak) churnDriver(rng *rand.Rand) {
 	d, err := k.dialDriver(c, k.randomAccept(rng), rng.IntN(2) == 0, rng)
 	if err != nil {
 		var status ws.StatusError
-		if errors.As(err, &status) && int(status) == http.StatusConflict && c.proto != "group" {
+		if errors.As(err, &status) && int(status) == http.StatusConflict && !c.isGroup() {
 			k.nConflicts.Add(1) // another process holds the port while it is closed
 			time.Sleep(50 * time.Millisecond)
 			return
@@ -1072,8 +1072,8 @@ func (k *soak) churnDriver(rng *rand.Rand) {
 	for time.Now().Before(until) {
 		time.Sleep(time.Duration(20+rng.IntN(150)) * time.Millisecond) // the driver's own pace
 		var msg []byte
-		switch c.proto {
-		case "tcp", "group":
+		switch {
+		case !c.udp():
 			key, ok := d.someClient(rng)
 			switch {
 			case ok && !c.anchored && rng.IntN(10) == 0:
@@ -1089,7 +1089,7 @@ func (k *soak) churnDriver(rng *rand.Rand) {
 			default:
 				msg = codec.AppendMessage(nil, codec.Write, []byte(testkit.Localhost), 1<<40, []byte("nobody")) // unknown: a no-op
 			}
-		case "udp":
+		default:
 			if ip, p, ok := d.someSender(rng); ok && rng.IntN(6) != 0 {
 				msg = codec.AppendMessage(nil, codec.Write, []byte(ip), p, []byte("udp reply"))
 				k.nWrites.Add(1)
@@ -1211,7 +1211,7 @@ func (k *soak) awaitUDPAnchors(anchors []*soakDriver) {
 	}
 	k.mu.Unlock()
 	for _, a := range anchors {
-		if a.ch.proto != "udp" {
+		if !a.ch.udp() {
 			continue
 		}
 		missing := func() (n int64, from *soakSender) {
@@ -1219,7 +1219,7 @@ func (k *soak) awaitUDPAnchors(anchors []*soakDriver) {
 			defer a.mu.Unlock()
 			for _, snd := range senders {
 				ip, _ := netip.ParseAddr(snd.ip)
-				if snd.port != a.ch.port || !a.accept.contains(ip) {
+				if snd.port != a.ch.udpPort || !a.accept.contains(ip) {
 					continue
 				}
 				if m := snd.sent.Load() - a.udpSeen[snd.uid]; m > 0 {
@@ -1233,7 +1233,7 @@ func (k *soak) awaitUDPAnchors(anchors []*soakDriver) {
 			continue
 		}
 		n, snd := missing()
-		if drops := udpSocketDrops(a.ch.port); drops > 0 {
+		if drops := udpSocketDrops(a.ch.udpPort); drops > 0 {
 			k.t.Logf("anchor on %s: %d datagrams missing; the kernel dropped %d on the server's socket (not the server's doing)", a.ch, n, drops)
 			continue
 		}
@@ -1287,12 +1287,11 @@ func (k *soak) verify(metrics string) {
 		// Anchors hear every admitted producer: on a dispatch port ids 0,
 		// 1, 2… in order (refused peers consume no id, ids never repeat);
 		// on a group ids that grow (unique per server).
-		if d.anchor && d.ch.proto != "udp" {
+		if d.anchor && !d.ch.udp() {
+			ids := &channel{}
 			for i, id := range d.opened {
-				dispatchOrder := d.ch.proto == "tcp" && id != uint64(i)
-				groupOrder := d.ch.proto == "group" && i > 0 && id <= d.opened[i-1]
-				if dispatchOrder || groupOrder {
-					k.violate("%s: OPENED ids %v…: want them in order", d.where(), d.opened[:min(len(d.opened), i+3)])
+				if err := d.ch.kind.checkID(ids, id); err != nil {
+					k.violate("%s: OPENED ids %v…: %v", d.where(), d.opened[:min(len(d.opened), i+3)], err)
 					break
 				}
 			}
@@ -1315,7 +1314,7 @@ func (k *soak) verify(metrics string) {
 	}
 	for _, d := range drivers {
 		list := byChannel[d.ch]
-		if d.ch.proto == "udp" || d.expectClose == 0 || !d.gotCloseOK || len(list) == 0 {
+		if d.ch.udp() || d.expectClose == 0 || !d.gotCloseOK || len(list) == 0 {
 			continue
 		}
 		d.mu.Lock()
