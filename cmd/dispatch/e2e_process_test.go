@@ -18,41 +18,43 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/placeos-gnet/dispatch/internal/testkit"
 )
 
 func TestTokenNeverLogged(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
+	s := testkit.Start(t)
 	const wrongToken = "e2e-wrong-token-5f0c1d"
 
 	// Failures, by query and by header, on plain and upgrade routes.
-	s.get(t, basePath+"?bearer_token="+wrongToken)
-	s.get(t, basePath, "Authorization: Bearer "+wrongToken)
-	s.getUpgrade(t, dispatchTarget(basePath, "tcp", freeTCPPort(t), localhost)+"&bearer_token="+wrongToken)
-	s.get(t, basePath+"?bearer_token="+s.secret, "Authorization:")
+	testkit.Get(t, s, testkit.BasePath+"?bearer_token="+wrongToken)
+	testkit.Get(t, s, testkit.BasePath, "Authorization: Bearer "+wrongToken)
+	testkit.GetUpgrade(t, s, testkit.DispatchTarget(testkit.BasePath, "tcp", testkit.FreeTCPPort(t), testkit.Localhost)+"&bearer_token="+wrongToken)
+	testkit.Get(t, s, testkit.BasePath+"?bearer_token="+s.Secret(), "Authorization:")
 
 	// Successes, by query and by header, with traffic.
-	expectResponse(t, "stats by query", s.get(t, basePath+"?bearer_token="+s.secret), http.StatusOK, "application/json", emptyStats)
-	expectResponse(t, "stats by header", s.get(t, basePath, s.bearerHeader()), http.StatusOK, "application/json", emptyStats)
-	byHeader, port := s.openPort(t, "tcp", localhost)
-	byQuery, err := s.dialDriver(t, dispatchTarget(basePath, "tcp", port, localhost)+"&bearer_token="+s.secret, http.Header{})
+	testkit.ExpectResponse(t, "stats by query", testkit.Get(t, s, testkit.BasePath+"?bearer_token="+s.Secret()), http.StatusOK, "application/json", testkit.EmptyStats)
+	testkit.ExpectResponse(t, "stats by header", testkit.Get(t, s, testkit.BasePath, testkit.BearerHeader(s)), http.StatusOK, "application/json", testkit.EmptyStats)
+	byHeader, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
+	byQuery, err := testkit.DialDriver(t, s, testkit.DispatchTarget(testkit.BasePath, "tcp", port, testkit.Localhost)+"&bearer_token="+s.Secret(), http.Header{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	device := dialDevice(t, localhost, port)
-	deviceSend(t, device, []byte("data"))
-	for _, d := range []*driver{byQuery, byHeader} {
-		d.expectOpened(localhost, 0)
-		d.expectReceived(localhost, 0, []byte("data"))
+	device := testkit.DialDevice(t, testkit.Localhost, port)
+	testkit.Send(t, device, []byte("data"))
+	for _, d := range []*testkit.Driver{byQuery, byHeader} {
+		d.ExpectOpened(testkit.Localhost, 0)
+		d.ExpectReceived(testkit.Localhost, 0, []byte("data"))
 	}
-	byQuery.leave()
+	byQuery.Leave()
 
-	s.stop() // flush every log line
-	logs := s.logs.String()
+	s.Stop() // flush every log line
+	logs := s.Logs()
 	if !strings.Contains(strings.ToLower(logs), "level=debug") {
 		t.Errorf("no debug lines logged; the check below proves little")
 	}
-	if strings.Contains(logs, s.secret) {
+	if strings.Contains(logs, s.Secret()) {
 		t.Errorf("the secret appears in the server output")
 	}
 	if strings.Contains(logs, wrongToken) {
@@ -62,21 +64,19 @@ func TestTokenNeverLogged(t *testing.T) {
 
 func TestSIGTERMClosesDriversWith1001AndExits0(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	device := dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 0)
+	s := testkit.Start(t)
+	d, _, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := s.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// CLOSED for the dropped device may come first; then the close frame.
 	for {
-		op, msg, err := d.nextMessage()
-		var closeErr *closeFrameError
+		op, msg, err := d.NextMessage()
+		var closeErr *testkit.CloseFrameError
 		if errors.As(err, &closeErr) {
-			if closeErr.code != ws.StatusGoingAway {
-				t.Fatalf("close code %d (%q), want 1001", closeErr.code, closeErr.reason)
+			if closeErr.Code != ws.StatusGoingAway {
+				t.Fatalf("close code %d (%q), want 1001", closeErr.Code, closeErr.Reason)
 			}
 			break
 		}
@@ -88,14 +88,14 @@ func TestSIGTERMClosesDriversWith1001AndExits0(t *testing.T) {
 		}
 	}
 	select {
-	case <-s.exited:
-	case <-time.After(shutdownTimeout):
-		t.Fatalf("still running %v after SIGTERM", shutdownTimeout)
+	case <-s.Exited():
+	case <-time.After(testkit.ShutdownTimeout):
+		t.Fatalf("still running %v after SIGTERM", testkit.ShutdownTimeout)
 	}
-	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := s.ExitCode(); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
-	expectDeviceDisconnected(t, device)
+	testkit.ExpectDisconnected(t, device)
 }
 
 func TestSecretSources(t *testing.T) {
@@ -119,11 +119,11 @@ func TestSecretSources(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			s := launchServer(t, c.accepted, c.env...)
-			expectResponse(t, "token "+c.accepted, s.get(t, basePath, s.bearerHeader()), http.StatusOK, "application/json", emptyStats)
+			s := testkit.Launch(t, testkit.Options{Secret: c.accepted, Env: c.env})
+			testkit.ExpectResponse(t, "token "+c.accepted, testkit.Get(t, s, testkit.BasePath, testkit.BearerHeader(s)), http.StatusOK, "application/json", testkit.EmptyStats)
 			for _, token := range c.rejected {
-				expectResponse(t, "token "+token, s.get(t, basePath, "Authorization: Bearer "+token),
-					http.StatusUnauthorized, "application/json", invalidTokenBody)
+				testkit.ExpectResponse(t, "token "+token, testkit.Get(t, s, testkit.BasePath, "Authorization: Bearer "+token),
+					http.StatusUnauthorized, "application/json", testkit.InvalidTokenBody)
 			}
 		})
 	}
@@ -131,17 +131,17 @@ func TestSecretSources(t *testing.T) {
 
 func TestDefaultSecretWarns(t *testing.T) {
 	t.Parallel()
-	defaulted := launchServer(t, "testing")
-	defaulted.stop()
-	if !warnLine.MatchString(defaulted.logs.String()) {
-		t.Errorf("no warning logged at start with the default secret:\n%s", defaulted.logs.String())
+	defaulted := testkit.Launch(t, testkit.Options{Secret: "testing"})
+	defaulted.Stop()
+	if !testkit.WarnLine.MatchString(defaulted.Logs()) {
+		t.Errorf("no warning logged at start with the default secret:\n%s", defaulted.Logs())
 	}
 }
 
 func TestVersionFlag(t *testing.T) {
 	t.Parallel()
 	for _, flag := range []string{"-v", "--version"} {
-		out, err := exec.Command(dispatchBinary, flag).CombinedOutput()
+		out, err := exec.Command(testkit.BinaryPath(t), flag).CombinedOutput()
 		if err != nil {
 			t.Errorf("dispatch %s: %v (%s)", flag, err, out)
 		} else if len(strings.TrimSpace(string(out))) == 0 {
@@ -152,7 +152,7 @@ func TestVersionFlag(t *testing.T) {
 
 func TestCurlFlag(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
+	s := testkit.Start(t)
 	statusServer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hang-up" {
 			conn, _, _ := w.(http.Hijacker).Hijack()
@@ -168,8 +168,8 @@ func TestCurlFlag(t *testing.T) {
 		url      string
 		exitCode int
 	}{
-		{"http://" + s.addr + basePath + "/healthz", 0},
-		{"http://" + s.addr + basePath, 0}, // 401
+		{"http://" + s.HTTPAddr() + testkit.BasePath + "/healthz", 0},
+		{"http://" + s.HTTPAddr() + testkit.BasePath, 0}, // 401
 		{statusServer.URL + "/200", 0},
 		{statusServer.URL + "/499", 0},
 		{statusServer.URL + "/500", 1},
@@ -178,7 +178,7 @@ func TestCurlFlag(t *testing.T) {
 	}
 	for _, c := range cases {
 		for _, flag := range []string{"-c", "--curl"} {
-			cmd := exec.Command(dispatchBinary, flag, c.url)
+			cmd := exec.Command(testkit.BinaryPath(t), flag, c.url)
 			cmd.Env = []string{}
 			out, _ := cmd.CombinedOutput()
 			if got := cmd.ProcessState.ExitCode(); got != c.exitCode {
@@ -204,13 +204,11 @@ func TestLogLevelAndFormat(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			s := launchServer(t, "secret", append(c.env, "PLACE_SERVER_SECRET=secret")...)
-			d, port := s.openPort(t, "tcp", localhost)
-			dialDevice(t, localhost, port)
-			d.expectOpened(localhost, 0)
-			s.get(t, basePath) // a refused request
-			s.stop()
-			if got := debugLine.MatchString(s.logs.String()); got != c.wantDebug {
+			s := testkit.Launch(t, testkit.Options{Secret: "secret", Env: append(c.env, "PLACE_SERVER_SECRET=secret")})
+			testkit.OpenPortWithDevice(t, s, testkit.Localhost)
+			testkit.Get(t, s, testkit.BasePath) // a refused request
+			s.Stop()
+			if got := debugLine.MatchString(s.Logs()); got != c.wantDebug {
 				t.Errorf("debug lines logged: %v, want %v", got, c.wantDebug)
 			}
 		})
@@ -218,10 +216,10 @@ func TestLogLevelAndFormat(t *testing.T) {
 
 	t.Run("JSON", func(t *testing.T) {
 		t.Parallel()
-		s := launchServer(t, "secret", "PLACE_SERVER_SECRET=secret", "PLACE_LOG_FORMAT=json")
-		expectResponse(t, "stats", s.get(t, basePath, s.bearerHeader()), http.StatusOK, "application/json", emptyStats)
-		s.stop()
-		for _, line := range strings.Split(strings.TrimSpace(s.logs.String()), "\n") {
+		s := testkit.Launch(t, testkit.Options{Secret: "secret", Env: []string{"PLACE_SERVER_SECRET=secret", "PLACE_LOG_FORMAT=json"}})
+		testkit.ExpectResponse(t, "stats", testkit.Get(t, s, testkit.BasePath, testkit.BearerHeader(s)), http.StatusOK, "application/json", testkit.EmptyStats)
+		s.Stop()
+		for _, line := range strings.Split(strings.TrimSpace(s.Logs()), "\n") {
 			if !json.Valid([]byte(line)) {
 				t.Errorf("not a JSON log line: %s", line)
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/placeos-gnet/dispatch/codec"
+	"github.com/placeos-gnet/dispatch/internal/testkit"
 )
 
 // The spec's example messages, for client 127.0.0.1.
@@ -25,207 +26,197 @@ const (
 
 func TestProtocolExactBytesForTCPClient(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
+	s := testkit.Start(t)
+	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
 	expectBytes := func(what, wantHex string) {
 		t.Helper()
-		if got, want := d.next(), fromHex(t, wantHex); !bytes.Equal(got, want) {
+		if got, want := d.Next(), testkit.FromHex(t, wantHex); !bytes.Equal(got, want) {
 			t.Fatalf("%s: got % x\n want % x", what, got, want)
 		}
 	}
 
-	first := dialDevice(t, localhost, port)
+	first := testkit.DialDevice(t, testkit.Localhost, port)
 	expectBytes("OPENED", openedID0Hex)
-	deviceSend(t, first, []byte("testing"))
+	testkit.Send(t, first, []byte("testing"))
 	expectBytes("RECEIVED", receivedID0Hex)
-	d.send(fromHex(t, writeID0TestingHex))
-	expectDeviceReceives(t, first, []byte("testing"))
+	d.Send(testkit.FromHex(t, writeID0TestingHex))
+	testkit.ExpectReceives(t, first, []byte("testing"))
 	first.Close()
 	expectBytes("CLOSED", closedID0Hex)
 
-	second := dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 1)
-	d.send(fromHex(t, closeID1Hex))
+	second := testkit.DialDevice(t, testkit.Localhost, port)
+	d.ExpectOpened(testkit.Localhost, 1)
+	d.Send(testkit.FromHex(t, closeID1Hex))
 	expectBytes("CLOSED after CLOSE", closedID1Hex)
-	expectDeviceDisconnected(t, second)
+	testkit.ExpectDisconnected(t, second)
 }
 
 func TestCodecMatchesSpecExample(t *testing.T) {
 	t.Parallel()
-	got := codec.AppendMessage(nil, codec.Received, []byte(localhost), 0, []byte("testing"))
-	if want := fromHex(t, receivedID0Hex); !bytes.Equal(got, want) || len(got) != 30 {
+	got := codec.AppendMessage(nil, codec.Received, []byte(testkit.Localhost), 0, []byte("testing"))
+	if want := testkit.FromHex(t, receivedID0Hex); !bytes.Equal(got, want) || len(got) != 30 {
 		t.Fatalf("codec encodes % x, spec says % x", got, want)
 	}
-	if got := codec.AppendMessage(nil, codec.Opened, []byte(localhost), 0, nil); len(got) != 23 {
+	if got := codec.AppendMessage(nil, codec.Opened, []byte(testkit.Localhost), 0, nil); len(got) != 23 {
 		t.Fatalf("OPENED is %d bytes, spec says 23", len(got))
 	}
 }
 
 func TestClientIDsCountPerPortFromZero(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	other, otherPort := s.openPort(t, "tcp", localhost)
+	s := testkit.Start(t)
+	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
+	other, otherPort := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
 
 	devices := make([]*net.TCPConn, 3)
 	for id := range uint64(3) {
-		devices[id] = dialDevice(t, localhost, port)
-		d.expectOpened(localhost, id)
+		devices[id] = testkit.DialDevice(t, testkit.Localhost, port)
+		d.ExpectOpened(testkit.Localhost, id)
 	}
-	dialDevice(t, localhost, otherPort)
-	other.expectOpened(localhost, 0)
+	testkit.DialDevice(t, testkit.Localhost, otherPort)
+	other.ExpectOpened(testkit.Localhost, 0)
 
 	// Ids are never reused while the port stays open.
 	devices[1].Close()
-	d.expectClientClosed(localhost, 1)
-	dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 3)
+	d.ExpectClosed(testkit.Localhost, 1)
+	testkit.DialDevice(t, testkit.Localhost, port)
+	d.ExpectOpened(testkit.Localhost, 3)
 }
 
 func TestClientIDsResetWhenPortReopens(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 0)
-	dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 1)
+	s := testkit.Start(t)
+	d, port, _ := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
+	testkit.DialDevice(t, testkit.Localhost, port)
+	d.ExpectOpened(testkit.Localhost, 1)
 
-	d.leave()
-	s.waitForStats(t, emptyStats)
+	d.Leave()
+	testkit.WaitForStats(t, s, testkit.EmptyStats)
 
-	again := s.tcpDriver(t, port, localhost)
-	dialDevice(t, localhost, port)
-	again.expectOpened(localhost, 0)
+	again := testkit.TCPDriver(t, s, port, testkit.Localhost)
+	testkit.DialDevice(t, testkit.Localhost, port)
+	again.ExpectOpened(testkit.Localhost, 0)
 }
 
 func TestReceivedCarriesEachRead(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	device := dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 0)
+	s := testkit.Start(t)
+	d, _, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
 	for _, chunk := range []string{"a", "bcd", "\x00\xff binary \x00"} {
-		deviceSend(t, device, []byte(chunk))
-		d.expectReceived(localhost, 0, []byte(chunk))
+		testkit.Send(t, device, []byte(chunk))
+		d.ExpectReceived(testkit.Localhost, 0, []byte(chunk))
 	}
 
-	big := randomBytes(t, 256<<10)
-	deviceSend(t, device, big)
-	if got := d.expectStream(localhost, 0, len(big)); !bytes.Equal(got, big) {
+	big := testkit.RandomBytes(t, 256<<10)
+	testkit.Send(t, device, big)
+	if got := d.ExpectStream(testkit.Localhost, 0, len(big)); !bytes.Equal(got, big) {
 		t.Fatal("a 256 KiB stream arrived corrupted")
 	}
 }
 
 func TestWriteReachesDevice(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	device := dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 0)
+	s := testkit.Start(t)
+	d, _, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
-	d.write(localhost, 0, []byte("hello"))
-	expectDeviceReceives(t, device, []byte("hello"))
+	d.Write(testkit.Localhost, 0, []byte("hello"))
+	testkit.ExpectReceives(t, device, []byte("hello"))
 
-	big := randomBytes(t, 300<<10)
-	d.write(localhost, 0, big)
-	expectDeviceReceives(t, device, big)
+	big := testkit.RandomBytes(t, 300<<10)
+	d.Write(testkit.Localhost, 0, big)
+	testkit.ExpectReceives(t, device, big)
 
 	// Trailing bytes after data are ignored.
-	d.send(append(codec.AppendMessage(nil, codec.Write, []byte(localhost), 0, []byte("exact")), "trailing"...))
-	d.write(localhost, 0, []byte("|next"))
-	expectDeviceReceives(t, device, []byte("exact|next"))
+	d.Send(append(codec.AppendMessage(nil, codec.Write, []byte(testkit.Localhost), 0, []byte("exact")), "trailing"...))
+	d.Write(testkit.Localhost, 0, []byte("|next"))
+	testkit.ExpectReceives(t, device, []byte("exact|next"))
 }
 
 func TestWriteAndCloseMayAddressAnyClientOnThePort(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	listener, port := s.openPort(t, "tcp", localhost)
-	stranger := s.tcpDriver(t, port, "127.0.0.2")
-	device := dialDevice(t, localhost, port)
-	listener.expectOpened(localhost, 0)
+	s := testkit.Start(t)
+	listener, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
+	stranger := testkit.TCPDriver(t, s, port, "127.0.0.2")
+	device := testkit.DialDevice(t, testkit.Localhost, port)
+	listener.ExpectOpened(testkit.Localhost, 0)
 
-	stranger.write(localhost, 0, []byte("from a driver not listing the ip"))
-	expectDeviceReceives(t, device, []byte("from a driver not listing the ip"))
+	stranger.Write(testkit.Localhost, 0, []byte("from a driver not listing the ip"))
+	testkit.ExpectReceives(t, device, []byte("from a driver not listing the ip"))
 
-	stranger.closeClient(localhost, 0)
-	expectDeviceDisconnected(t, device)
-	listener.expectClientClosed(localhost, 0)
+	stranger.CloseClient(testkit.Localhost, 0)
+	testkit.ExpectDisconnected(t, device)
+	listener.ExpectClosed(testkit.Localhost, 0)
 }
 
 func TestCloseNotifiesEveryInterestedDriver(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	requester, port := s.openPort(t, "tcp", localhost)
-	peer := s.tcpDriver(t, port, localhost)
-	uninterested := s.tcpDriver(t, port, "127.0.0.2")
+	s := testkit.Start(t)
+	requester, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
+	peer := testkit.TCPDriver(t, s, port, testkit.Localhost)
+	uninterested := testkit.TCPDriver(t, s, port, "127.0.0.2")
 
-	device := dialDevice(t, localhost, port)
-	requester.expectOpened(localhost, 0)
-	peer.expectOpened(localhost, 0)
+	device := testkit.DialDevice(t, testkit.Localhost, port)
+	requester.ExpectOpened(testkit.Localhost, 0)
+	peer.ExpectOpened(testkit.Localhost, 0)
 
 	// CLOSE data is ignored, but its data_size is still present.
-	requester.send(codec.AppendMessage(nil, codec.Close, []byte(localhost), 0, []byte("ignored")))
-	expectDeviceDisconnected(t, device)
-	requester.expectClientClosed(localhost, 0)
-	peer.expectClientClosed(localhost, 0)
+	requester.Send(codec.AppendMessage(nil, codec.Close, []byte(testkit.Localhost), 0, []byte("ignored")))
+	testkit.ExpectDisconnected(t, device)
+	requester.ExpectClosed(testkit.Localhost, 0)
+	peer.ExpectClosed(testkit.Localhost, 0)
 
 	// The uninterested driver's first message is about its own client.
-	dialDevice(t, "127.0.0.2", port)
-	uninterested.expectOpened("127.0.0.2", 1)
+	testkit.DialDevice(t, "127.0.0.2", port)
+	uninterested.ExpectOpened("127.0.0.2", 1)
 }
 
 func TestUnknownClientWriteAndCloseAreNoOps(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	device := dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 0)
+	s := testkit.Start(t)
+	d, port, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
-	d.write(localhost, 7, []byte("nobody"))
-	d.closeClient(localhost, 7)
-	d.write(localhost, 1<<63, []byte("nobody"))
-	d.closeClient("10.9.8.7", 99)
+	d.Write(testkit.Localhost, 7, []byte("nobody"))
+	d.CloseClient(testkit.Localhost, 7)
+	d.Write(testkit.Localhost, 1<<63, []byte("nobody"))
+	d.CloseClient("10.9.8.7", 99)
 
-	d.write(localhost, 0, []byte("still here"))
-	expectDeviceReceives(t, device, []byte("still here"))
-	deviceSend(t, device, []byte("me too"))
-	d.expectReceived(localhost, 0, []byte("me too"))
-	s.waitForStats(t, tcpStats(port, 1, 1))
+	d.Write(testkit.Localhost, 0, []byte("still here"))
+	testkit.ExpectReceives(t, device, []byte("still here"))
+	testkit.Send(t, device, []byte("me too"))
+	d.ExpectReceived(testkit.Localhost, 0, []byte("me too"))
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 1))
 }
 
 func TestTextMessagesAreIgnored(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	device := dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 0)
+	s := testkit.Start(t)
+	d, _, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
 
 	// A well-formed WRITE (valid UTF-8, all bytes < 0x80) sent as text.
-	asText := codec.AppendMessage(nil, codec.Write, []byte(localhost), 0, []byte("TEXT"))
-	if err := wsutil.WriteClientText(d.conn, asText); err != nil {
+	asText := codec.AppendMessage(nil, codec.Write, []byte(testkit.Localhost), 0, []byte("TEXT"))
+	if err := wsutil.WriteClientText(d.Conn, asText); err != nil {
 		t.Fatal(err)
 	}
-	if err := wsutil.WriteClientText(d.conn, []byte("hello")); err != nil {
+	if err := wsutil.WriteClientText(d.Conn, []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	d.write(localhost, 0, []byte("binary"))
-	expectDeviceReceives(t, device, []byte("binary"))
+	d.Write(testkit.Localhost, 0, []byte("binary"))
+	testkit.ExpectReceives(t, device, []byte("binary"))
 
-	deviceSend(t, device, []byte("alive"))
-	d.expectReceived(localhost, 0, []byte("alive"))
+	testkit.Send(t, device, []byte("alive"))
+	d.ExpectReceived(testkit.Localhost, 0, []byte("alive"))
 }
 
 func TestPingGetsOnePongEchoingPayload(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, _ := s.openPort(t, "tcp", localhost)
+	s := testkit.Start(t)
+	d, _ := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
 	for _, payload := range []string{"first ping", "second ping", ""} {
-		if err := wsutil.WriteClientMessage(d.conn, ws.OpPing, []byte(payload)); err != nil {
+		if err := wsutil.WriteClientMessage(d.Conn, ws.OpPing, []byte(payload)); err != nil {
 			t.Fatal(err)
 		}
-		h, got, err := d.readFrame()
+		h, got, err := d.ReadFrame()
 		if err != nil {
 			t.Fatalf("waiting for the pong to %q: %v", payload, err)
 		}
@@ -237,14 +228,14 @@ func TestPingGetsOnePongEchoingPayload(t *testing.T) {
 
 func TestCloseFrameGetsCloseFrameBack(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	s.waitForStats(t, tcpStats(port, 1, 0))
+	s := testkit.Start(t)
+	d, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 0))
 
-	if err := wsutil.WriteClientMessage(d.conn, ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")); err != nil {
+	if err := wsutil.WriteClientMessage(d.Conn, ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")); err != nil {
 		t.Fatal(err)
 	}
-	h, payload, err := d.readFrame()
+	h, payload, err := d.ReadFrame()
 	if err != nil {
 		t.Fatalf("waiting for the close frame: %v", err)
 	}
@@ -254,12 +245,11 @@ func TestCloseFrameGetsCloseFrameBack(t *testing.T) {
 	if code, _ := ws.ParseCloseFrameData(payload); len(payload) >= 2 && code != ws.StatusNormalClosure {
 		t.Errorf("close code %d, want 1000 echoed", code)
 	}
-	s.waitForStats(t, emptyStats)
+	testkit.WaitForStats(t, s, testkit.EmptyStats)
 }
 
 func TestMalformedDriverMessageCloses1007(t *testing.T) {
-	t.Parallel()
-	ip := []byte(localhost)
+	ip := []byte(testkit.Localhost)
 	header := func(typ byte) []byte { return append([]byte{typ}, append(ip, 0)...) }
 	cases := map[string][]byte{
 		"empty":                {},
@@ -271,23 +261,25 @@ func TestMalformedDriverMessageCloses1007(t *testing.T) {
 		"data_size past end":   append(codec.AppendHeader(nil, codec.Write, ip, 0, 16), "abc"...),
 		"data_size way beyond": append(codec.AppendHeader(nil, codec.Write, ip, 0, 0xffffffff), "abc"...),
 	}
-	for name, msg := range cases {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			s := startServer(t)
-			offender, port := s.openPort(t, "tcp", localhost)
-			bystander := s.tcpDriver(t, port, localhost)
-			s.waitForStats(t, tcpStats(port, 2, 0))
+	forEachKind(t, func(t *testing.T, k channelKind) {
+		for name, msg := range cases {
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				s := testkit.Start(t, k.env()...)
+				offender, ch := k.open(t, s, testkit.Localhost)
+				bystander := attach(t, s, k, ch, testkit.Localhost)
+				k.waitCounts(t, s, ch, 2, 0)
 
-			offender.send(msg)
-			offender.expectCloseCode(ws.StatusInvalidFramePayloadData)
-			s.waitForStats(t, tcpStats(port, 1, 0))
+				offender.Send(msg)
+				offender.ExpectCloseCode(ws.StatusInvalidFramePayloadData)
+				k.waitCounts(t, s, ch, 1, 0)
 
-			// The bystander noticed nothing and keeps working.
-			device := dialDevice(t, localhost, port)
-			bystander.expectOpened(localhost, 0)
-			bystander.write(localhost, 0, []byte("still fine"))
-			expectDeviceReceives(t, device, []byte("still fine"))
-		})
-	}
+				// The bystander noticed nothing and keeps working.
+				producer := connect(t, s, k, ch, testkit.Localhost)
+				id := expectOpened(t, k, bystander, ch, testkit.Localhost)
+				bystander.Write(testkit.Localhost, id, []byte("still fine"))
+				testkit.ExpectReceives(t, producer, []byte("still fine"))
+			})
+		}
+	})
 }

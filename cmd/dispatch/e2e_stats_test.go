@@ -5,92 +5,90 @@ package main
 import (
 	"net/http"
 	"testing"
+
+	"github.com/placeos-gnet/dispatch/internal/testkit"
 )
 
 func TestStatsEmptyShape(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	for _, path := range []string{basePath, basePath + "/"} {
-		expectResponse(t, path, s.get(t, path, s.bearerHeader()), http.StatusOK, "application/json", emptyStats)
-		expectResponse(t, path+" without token", s.get(t, path), http.StatusUnauthorized, "application/json", invalidTokenBody)
+	s := testkit.Start(t)
+	for _, path := range []string{testkit.BasePath, testkit.BasePath + "/"} {
+		testkit.ExpectResponse(t, path, testkit.Get(t, s, path, testkit.BearerHeader(s)), http.StatusOK, "application/json", testkit.EmptyStats)
+		testkit.ExpectResponse(t, path+" without token", testkit.Get(t, s, path), http.StatusUnauthorized, "application/json", testkit.InvalidTokenBody)
 	}
 }
 
 func TestStatsTCPCountsGoUpAndDown(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	first, port := s.openPort(t, "tcp", localhost)
-	s.waitForStats(t, tcpStats(port, 1, 0))
+	s := testkit.Start(t)
+	first, port := testkit.OpenPort(t, s, "tcp", testkit.Localhost)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 0))
 
-	second := s.tcpDriver(t, port, localhost+",127.0.0.2")
-	s.waitForStats(t, tcpStats(port, 2, 0))
+	second := testkit.TCPDriver(t, s, port, testkit.Localhost+",127.0.0.2")
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 2, 0))
 
-	deviceA := dialDevice(t, localhost, port)
-	first.expectOpened(localhost, 0)
-	deviceB := dialDevice(t, "127.0.0.2", port)
-	second.expectOpened(localhost, 0)
-	second.expectOpened("127.0.0.2", 1)
-	s.waitForStats(t, tcpStats(port, 2, 2))
+	deviceA := testkit.DialDevice(t, testkit.Localhost, port)
+	first.ExpectOpened(testkit.Localhost, 0)
+	deviceB := testkit.DialDevice(t, "127.0.0.2", port)
+	second.ExpectOpened(testkit.Localhost, 0)
+	second.ExpectOpened("127.0.0.2", 1)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 2, 2))
 
 	deviceA.Close()
-	first.expectClientClosed(localhost, 0)
-	s.waitForStats(t, tcpStats(port, 2, 1))
+	first.ExpectClosed(testkit.Localhost, 0)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 2, 1))
 
-	first.leave()
-	s.waitForStats(t, tcpStats(port, 1, 1))
+	first.Leave()
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 1))
 
-	second.drop()
-	s.waitForStats(t, emptyStats)
-	expectDeviceDisconnected(t, deviceB)
+	second.Drop()
+	testkit.WaitForStats(t, s, testkit.EmptyStats)
+	testkit.ExpectDisconnected(t, deviceB)
 }
 
 func TestStatsUDPCountsGoUpAndDown(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	first, port := s.openPort(t, "udp", localhost)
-	s.waitForStats(t, udpStats(port, 1))
+	s := testkit.Start(t)
+	first, port := testkit.OpenPort(t, s, "udp", testkit.Localhost)
+	testkit.WaitForStats(t, s, testkit.UDPStats(port, 1))
 
-	second := s.udpDriver(t, port, localhost)
-	s.waitForStats(t, udpStats(port, 2))
+	second := testkit.UDPDriver(t, s, port, testkit.Localhost)
+	testkit.WaitForStats(t, s, testkit.UDPStats(port, 2))
 
-	first.leave()
-	s.waitForStats(t, udpStats(port, 1))
-	second.drop()
-	s.waitForStats(t, emptyStats)
+	first.Leave()
+	testkit.WaitForStats(t, s, testkit.UDPStats(port, 1))
+	second.Drop()
+	testkit.WaitForStats(t, s, testkit.EmptyStats)
 }
 
 func TestStatsTCPClientsDropOnceOnDriverClose(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	device := dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 0)
-	s.waitForStats(t, tcpStats(port, 1, 1))
+	s := testkit.Start(t)
+	d, port, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 1))
 
-	d.closeClient(localhost, 0)
-	d.expectClientClosed(localhost, 0)
-	expectDeviceDisconnected(t, device)
-	s.waitForStats(t, tcpStats(port, 1, 0))
+	d.CloseClient(testkit.Localhost, 0)
+	d.ExpectClosed(testkit.Localhost, 0)
+	testkit.ExpectDisconnected(t, device)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 0))
 
 	// A second decrement, early or late, would show here.
-	dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 1)
-	s.waitForStats(t, tcpStats(port, 1, 1))
+	testkit.DialDevice(t, testkit.Localhost, port)
+	d.ExpectOpened(testkit.Localhost, 1)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 1))
 }
 
 func TestStatsTCPClientsDropOnceOnDeviceClose(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	d, port := s.openPort(t, "tcp", localhost)
-	device := dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 0)
-	s.waitForStats(t, tcpStats(port, 1, 1))
+	s := testkit.Start(t)
+	d, port, device := testkit.OpenPortWithDevice(t, s, testkit.Localhost)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 1))
 
 	device.Close()
-	d.expectClientClosed(localhost, 0)
-	s.waitForStats(t, tcpStats(port, 1, 0))
+	d.ExpectClosed(testkit.Localhost, 0)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 0))
 
-	dialDevice(t, localhost, port)
-	d.expectOpened(localhost, 1)
-	s.waitForStats(t, tcpStats(port, 1, 1))
+	testkit.DialDevice(t, testkit.Localhost, port)
+	d.ExpectOpened(testkit.Localhost, 1)
+	testkit.WaitForStats(t, s, testkit.TCPStats(port, 1, 1))
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/placeos-gnet/dispatch/internal/testkit"
 )
 
 func TestSecretNeverLoggedAtAnyLevelInEitherFormat(t *testing.T) {
@@ -21,20 +23,20 @@ func TestSecretNeverLoggedAtAnyLevelInEitherFormat(t *testing.T) {
 	for _, format := range []string{"text", "json"} {
 		t.Run(format, func(t *testing.T) {
 			t.Parallel()
-			secret := "robust-secret-" + randomHex(t, 16)
+			secret := "robust-secret-" + testkit.RandomHex(t, 16)
 			env := []string{
 				"PLACE_SERVER_SECRET=" + secret,
 				"LOG_LEVEL=debug",
 				"DISPATCH_HANDSHAKE_TIMEOUT=1s",
-				"DISPATCH_DEVICE_HOST=" + localhost,
+				"DISPATCH_DEVICE_HOST=" + testkit.Localhost,
 			}
 			if format == "json" {
 				env = append(env, "PLACE_LOG_FORMAT=json")
 			}
-			s := launchWrapped(t, secret, nil, env...)
+			s := testkit.Launch(t, testkit.Options{Secret: secret, Env: env})
 			exerciseTokenPaths(t, s)
-			s.stop() // every line flushed
-			logs := s.logs.String()
+			s.Stop() // every line flushed
+			logs := s.Logs()
 			checkNoSecretInLogs(t, logs, secret, nearMisses(secret))
 			if format == "json" {
 				for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
@@ -70,88 +72,88 @@ func nearMisses(secret string) []string {
 // client can: header and query, on every route, in requests that succeed,
 // fail authentication, fail validation, are malformed, oversized or never
 // finish, and on WebSocket sessions with traffic.
-func exerciseTokenPaths(t *testing.T, s *server) {
+func exerciseTokenPaths(t *testing.T, s *testkit.Process) {
 	t.Helper()
-	secret := s.secret
-	port := freeTCPPort(t)
-	tcp := func(p int, accept string) string { return dispatchTarget(basePath, "tcp", p, accept) }
+	secret := s.Secret()
+	port := testkit.FreeTCPPort(t)
+	tcp := func(p int, accept string) string { return testkit.DispatchTarget(testkit.BasePath, "tcp", p, accept) }
 
 	for _, wrong := range nearMisses(secret) {
-		expectResponse(t, "wrong header token", s.get(t, basePath, "Authorization: Bearer "+wrong), http.StatusUnauthorized, "application/json", invalidTokenBody)
-		expectResponse(t, "wrong query token", s.get(t, basePath+"?bearer_token="+wrong), http.StatusUnauthorized, "application/json", invalidTokenBody)
-		if r := s.getUpgrade(t, tcp(port, localhost)+"&bearer_token="+wrong); r.status != http.StatusUnauthorized {
-			t.Errorf("upgrade with a wrong query token: status %d", r.status)
+		testkit.ExpectResponse(t, "wrong header token", testkit.Get(t, s, testkit.BasePath, "Authorization: Bearer "+wrong), http.StatusUnauthorized, "application/json", testkit.InvalidTokenBody)
+		testkit.ExpectResponse(t, "wrong query token", testkit.Get(t, s, testkit.BasePath+"?bearer_token="+wrong), http.StatusUnauthorized, "application/json", testkit.InvalidTokenBody)
+		if r := testkit.GetUpgrade(t, s, tcp(port, testkit.Localhost)+"&bearer_token="+wrong); r.Status != http.StatusUnauthorized {
+			t.Errorf("upgrade with a wrong query token: status %d", r.Status)
 		}
-		if r := s.getUpgrade(t, tcp(port, localhost), "Authorization: Bearer "+wrong); r.status != http.StatusUnauthorized {
-			t.Errorf("upgrade with a wrong header token: status %d", r.status)
+		if r := testkit.GetUpgrade(t, s, tcp(port, testkit.Localhost), "Authorization: Bearer "+wrong); r.Status != http.StatusUnauthorized {
+			t.Errorf("upgrade with a wrong header token: status %d", r.Status)
 		}
 	}
 	// Right token, header and query, on every kind of answer.
 	q := "bearer_token=" + secret
-	s.get(t, basePath+"?"+q)
-	s.get(t, basePath+"/?"+q)
-	s.get(t, legacyBasePath+"?"+q)
-	s.get(t, basePath+"/healthz?"+q)
-	s.get(t, basePath+"/version?"+q)
-	s.get(t, "/nowhere?"+q)
-	s.get(t, basePath+"/nowhere?"+q, s.bearerHeader())
-	s.get(t, tcp(port, localhost)+"&"+q)                                                              // 426
-	s.getUpgrade(t, basePath+"/tcp_dispatch?"+q)                                                      // 422
-	s.getUpgrade(t, basePath+"/tcp_dispatch?port=0&accept=x&"+q)                                      // 400 port
-	s.getUpgrade(t, basePath+"/tcp_dispatch?port=1&accept=nope&"+q)                                   // 400 accept
-	s.getUpgrade(t, basePath+"/tcp_dispatch?port=1&accept=%zz&"+q)                                    // bad escape
-	s.getUpgrade(t, basePath+"/udp_dispatch?port=70000&accept=1&"+q)                                  // 400
-	s.getUpgrade(t, tcp(port, localhost)+"&"+q, "Authorization:")                                     // header wins: 401
-	s.getUpgrade(t, tcp(port, localhost), "Authorization: "+secret)                                   // no "Bearer ": accepted as is
-	s.roundTrip(t, tcp(port, localhost)+"&"+q, []string{"Upgrade: websocket", "Connection: Upgrade"}) // bad handshake
-	s.roundTrip(t, tcp(port, localhost)+"&"+q, []string{"Upgrade: websocket", "Connection: Upgrade",
+	testkit.Get(t, s, testkit.BasePath+"?"+q)
+	testkit.Get(t, s, testkit.BasePath+"/?"+q)
+	testkit.Get(t, s, testkit.LegacyBasePath+"?"+q)
+	testkit.Get(t, s, testkit.BasePath+"/healthz?"+q)
+	testkit.Get(t, s, testkit.BasePath+"/version?"+q)
+	testkit.Get(t, s, "/nowhere?"+q)
+	testkit.Get(t, s, testkit.BasePath+"/nowhere?"+q, testkit.BearerHeader(s))
+	testkit.Get(t, s, tcp(port, testkit.Localhost)+"&"+q)                                                              // 426
+	testkit.GetUpgrade(t, s, testkit.BasePath+"/tcp_dispatch?"+q)                                                      // 422
+	testkit.GetUpgrade(t, s, testkit.BasePath+"/tcp_dispatch?port=0&accept=x&"+q)                                      // 400 port
+	testkit.GetUpgrade(t, s, testkit.BasePath+"/tcp_dispatch?port=1&accept=nope&"+q)                                   // 400 accept
+	testkit.GetUpgrade(t, s, testkit.BasePath+"/tcp_dispatch?port=1&accept=%zz&"+q)                                    // bad escape
+	testkit.GetUpgrade(t, s, testkit.BasePath+"/udp_dispatch?port=70000&accept=1&"+q)                                  // 400
+	testkit.GetUpgrade(t, s, tcp(port, testkit.Localhost)+"&"+q, "Authorization:")                                     // header wins: 401
+	testkit.GetUpgrade(t, s, tcp(port, testkit.Localhost), "Authorization: "+secret)                                   // no "Bearer ": accepted as is
+	testkit.RoundTrip(t, s, tcp(port, testkit.Localhost)+"&"+q, []string{"Upgrade: websocket", "Connection: Upgrade"}) // bad handshake
+	testkit.RoundTrip(t, s, tcp(port, testkit.Localhost)+"&"+q, []string{"Upgrade: websocket", "Connection: Upgrade",
 		"Sec-WebSocket-Version: 8", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="})
 	// A device port that cannot be bound: 409.
-	busy, err := net.Listen("tcp", net.JoinHostPort(localhost, "0"))
+	busy, err := net.Listen("tcp", net.JoinHostPort(testkit.Localhost, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	s.getUpgrade(t, tcp(busy.Addr().(*net.TCPAddr).Port, localhost)+"&"+q)
+	testkit.GetUpgrade(t, s, tcp(busy.Addr().(*net.TCPAddr).Port, testkit.Localhost)+"&"+q)
 
 	// Malformed, oversized and unfinished requests carrying the token.
 	for _, raw := range []string{
-		"GET " + basePath + "?" + q + " HTTP/1.1\r\nno colon\r\n\r\n",
-		"GET " + basePath + "?" + q + " SPDY/3\r\n\r\n",
+		"GET " + testkit.BasePath + "?" + q + " HTTP/1.1\r\nno colon\r\n\r\n",
+		"GET " + testkit.BasePath + "?" + q + " SPDY/3\r\n\r\n",
 		secret + "\r\n\r\n",
-		"GET " + basePath + " HTTP/1.1\r\nAuthorization: Bearer " + secret + "\r\nX-Pad: " + strings.Repeat("p", 9000) + "\r\n\r\n",
-		"GET " + basePath + "?" + q + strings.Repeat("&x=y", 3000) + " HTTP/1.1\r\n\r\n",
+		"GET " + testkit.BasePath + " HTTP/1.1\r\nAuthorization: Bearer " + secret + "\r\nX-Pad: " + strings.Repeat("p", 9000) + "\r\n\r\n",
+		"GET " + testkit.BasePath + "?" + q + strings.Repeat("&x=y", 3000) + " HTTP/1.1\r\n\r\n",
 	} {
-		conn := dialRawHTTP(t, s)
-		_ = conn.SetDeadline(time.Now().Add(eventTimeout))
+		conn := testkit.DialRaw(t, s)
+		_ = conn.SetDeadline(time.Now().Add(testkit.EventTimeout))
 		_, _ = io.WriteString(conn, raw)
 		_, _ = io.ReadAll(conn)
 	}
-	unfinished := dialRawHTTP(t, s)
-	_, _ = io.WriteString(unfinished, "GET "+basePath+"?"+q+" HTTP/1.1\r\nAuthorization: Bearer "+secret+"\r\n")
-	expectClosedWithoutAnswer(t, "unfinished head", unfinished, 20*time.Second)
+	unfinished := testkit.DialRaw(t, s)
+	_, _ = io.WriteString(unfinished, "GET "+testkit.BasePath+"?"+q+" HTTP/1.1\r\nAuthorization: Bearer "+secret+"\r\n")
+	testkit.ExpectClosedWithoutAnswer(t, "unfinished head", unfinished, 20*time.Second)
 
 	// Sessions by query and by header, with traffic, a malformed message,
 	// a protocol error and a polite close.
-	byHeader := s.tcpDriver(t, port, localhost)
-	byQuery, err := s.dialDriver(t, tcp(port, localhost)+"&"+q, http.Header{"X-Module-Id": {"mod"}})
+	byHeader := testkit.TCPDriver(t, s, port, testkit.Localhost)
+	byQuery, err := testkit.DialDriver(t, s, tcp(port, testkit.Localhost)+"&"+q, http.Header{"X-Module-Id": {"mod"}})
 	if err != nil {
 		t.Fatalf("driver with the query token: %v", err)
 	}
-	device := dialDevice(t, localhost, port)
-	byHeader.expectOpened(localhost, 0)
-	byQuery.expectOpened(localhost, 0)
-	deviceSend(t, device, []byte("hello"))
-	byHeader.expectReceived(localhost, 0, []byte("hello"))
-	byQuery.expectReceived(localhost, 0, []byte("hello"))
-	byQuery.write(localhost, 0, []byte(secret)) // the secret as payload is data, not a token; it still must not be logged
-	expectDeviceReceives(t, device, []byte(secret))
-	byQuery.send([]byte{3, 'x'})
-	byQuery.expectCloseCode(1007)
-	spare := s.tcpDriver(t, port, localhost)
-	_, _ = spare.conn.Write(rawClientFrame(true, 4, 2, true, []byte("x")))
-	spare.expectCloseCode(1002)
-	byHeader.leave()
+	device := testkit.DialDevice(t, testkit.Localhost, port)
+	byHeader.ExpectOpened(testkit.Localhost, 0)
+	byQuery.ExpectOpened(testkit.Localhost, 0)
+	testkit.Send(t, device, []byte("hello"))
+	byHeader.ExpectReceived(testkit.Localhost, 0, []byte("hello"))
+	byQuery.ExpectReceived(testkit.Localhost, 0, []byte("hello"))
+	byQuery.Write(testkit.Localhost, 0, []byte(secret)) // the secret as payload is data, not a token; it still must not be logged
+	testkit.ExpectReceives(t, device, []byte(secret))
+	byQuery.Send([]byte{3, 'x'})
+	byQuery.ExpectCloseCode(1007)
+	spare := testkit.TCPDriver(t, s, port, testkit.Localhost)
+	_, _ = spare.Conn.Write(testkit.RawClientFrame(true, 4, 2, true, []byte("x")))
+	spare.ExpectCloseCode(1002)
+	byHeader.Leave()
 }
 
 // checkNoSecretInLogs fails if the secret, any near miss, or any 12-byte
@@ -162,30 +164,20 @@ func checkNoSecretInLogs(t *testing.T, logs, secret string, misses []string) {
 		t.Errorf("no debug lines were logged; the check proves little:\n%s", logs)
 	}
 	if strings.Contains(logs, secret) {
-		t.Errorf("the secret appears in the logs: %s", linesContaining(logs, secret))
+		t.Errorf("the secret appears in the logs: %s", testkit.LinesContaining(logs, secret))
 	}
 	for _, m := range misses {
 		if strings.Contains(logs, m) {
-			t.Errorf("a near-miss token %q appears in the logs: %s", m, linesContaining(logs, m))
+			t.Errorf("a near-miss token %q appears in the logs: %s", m, testkit.LinesContaining(logs, m))
 		}
 	}
 	const window = 12
 	for i := 0; i+window <= len(secret); i++ {
 		if part := secret[i : i+window]; strings.Contains(logs, part) {
-			t.Errorf("part of the secret (%q) appears in the logs: %s", part, linesContaining(logs, part))
+			t.Errorf("part of the secret (%q) appears in the logs: %s", part, testkit.LinesContaining(logs, part))
 			return
 		}
 	}
-}
-
-func linesContaining(logs, s string) string {
-	var out []string
-	for _, line := range strings.Split(logs, "\n") {
-		if strings.Contains(line, s) {
-			out = append(out, line)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 func TestDefaultSecretWarningOnlyWithTheDefault(t *testing.T) {
@@ -204,10 +196,10 @@ func TestDefaultSecretWarningOnlyWithTheDefault(t *testing.T) {
 		{"unset, json", "testing", []string{"PLACE_LOG_FORMAT=json"}, true},
 		{"unset, production level", "testing", []string{"SG_ENV=production"}, true},
 		{"empty variables", "testing", []string{"PLACE_SERVER_SECRET=", "SERVER_SECRET="}, true},
-		{"PLACE_SERVER_SECRET", "s1-" + randomHex(t, 8), nil, false},
-		{"SERVER_SECRET", "s2-" + randomHex(t, 8), nil, false},
+		{"PLACE_SERVER_SECRET", "s1-" + testkit.RandomHex(t, 8), nil, false},
+		{"SERVER_SECRET", "s2-" + testkit.RandomHex(t, 8), nil, false},
 		{"secrets file", "from-a-file", []string{"SECRETS_PATH=" + secretsDir}, false},
-		{"set, json", "s3-" + randomHex(t, 8), []string{"PLACE_LOG_FORMAT=json"}, false},
+		{"set, json", "s3-" + testkit.RandomHex(t, 8), []string{"PLACE_LOG_FORMAT=json"}, false},
 		// The spec: warn whenever the secret is the well-known default,
 		// however it came to be.
 		{"explicitly testing", "testing", []string{"PLACE_SERVER_SECRET=testing"}, true},
@@ -225,10 +217,10 @@ func TestDefaultSecretWarningOnlyWithTheDefault(t *testing.T) {
 			if c.name == "unset, production level" {
 				env = env[1:] // SG_ENV=production alone: info level
 			}
-			s := launchWrapped(t, c.secret, nil, env...)
-			expectResponse(t, "the configured secret works", s.get(t, basePath, s.bearerHeader()), http.StatusOK, "application/json", emptyStats)
-			s.stop()
-			logs := s.logs.String()
+			s := testkit.Launch(t, testkit.Options{Secret: c.secret, Env: env})
+			testkit.ExpectResponse(t, "the configured secret works", testkit.Get(t, s, testkit.BasePath, testkit.BearerHeader(s)), http.StatusOK, "application/json", testkit.EmptyStats)
+			s.Stop()
+			logs := s.Logs()
 			var warnings []string
 			for _, line := range strings.Split(logs, "\n") {
 				if strings.Contains(strings.ToLower(line), "default secret") {
@@ -238,13 +230,13 @@ func TestDefaultSecretWarningOnlyWithTheDefault(t *testing.T) {
 			switch {
 			case c.warn && len(warnings) != 1:
 				t.Errorf("want exactly one default-secret warning, got %d:\n%s", len(warnings), logs)
-			case c.warn && !warnLine.MatchString(warnings[0]):
+			case c.warn && !testkit.WarnLine.MatchString(warnings[0]):
 				t.Errorf("the default-secret line is not a warning: %s", warnings[0])
 			case !c.warn && len(warnings) > 0:
 				t.Errorf("default-secret warning with a configured secret:\n%s", strings.Join(warnings, "\n"))
 			}
 			if !c.warn && strings.Contains(logs, c.secret) {
-				t.Errorf("the configured secret appears in the logs: %s", linesContaining(logs, c.secret))
+				t.Errorf("the configured secret appears in the logs: %s", testkit.LinesContaining(logs, c.secret))
 			}
 		})
 	}

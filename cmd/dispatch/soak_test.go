@@ -3,28 +3,36 @@ package main
 // Robustness, part four: churn and shutdown under load.
 //
 // TestSoakChurn runs for SOAK_DURATION (default 60 s; `make soak` sets
-// 10m): drivers register and leave across 10 TCP and 10 UDP ports, devices
-// connect, stream and disconnect, and a share of the peers misbehave. Every
-// byte any driver receives is checked against what the devices sent; at the
-// end the server must be back where it started: no ports, no leaked
-// descriptors or goroutines, memory back within a bound.
+// 10m), split evenly between the channel kinds (kinds_test.go). For
+// dispatch, drivers register and leave across 10 TCP and 10 UDP ports and
+// devices connect, stream and disconnect; for socket groups, drivers attach
+// to and leave 8 groups and members join, stream, hear each other and
+// leave. A share of the peers misbehave. Every byte any driver or member
+// receives is checked against what was sent; at the end the server must be
+// back where it started: no ports or groups, no leaked descriptors or
+// goroutines, memory back within a bound.
 //
-// How delivery is checked. A TCP device's stream is a sequence of 16-byte
-// records [uid][record index], so any stretch of it names its device and
-// its offset. For each (ip, id) a driver hears, the bytes must be one
-// contiguous, in-order stretch of that device's stream, starting at 0 if
-// the driver saw OPENED, and ending at the stream's end if it saw CLOSED
-// for a device that finished cleanly. Half the ports have an "anchor"
-// driver that stays registered for the whole soak and accepts every
-// device IP: there the server never closes a device on its own, so every
-// device finishes cleanly, and every driver registered before a device
-// dialled and still registered after its close must have heard its whole
-// stream, OPENED to CLOSED. UDP datagrams carry [uid][seq] and are checked
-// whole, in order per sender, and complete on the anchored ports.
+// How delivery is checked. A producer's stream (a device's, a member's) is
+// a sequence of 16-byte records [uid][record index], so any stretch of it
+// names its producer and its offset. For each (ip, id) a driver hears, the
+// bytes must be one contiguous, in-order stretch of that producer's stream,
+// starting at 0 if the driver saw OPENED for a producer that connected
+// after it attached, and ending at the stream's end if it saw CLOSED for a
+// producer that finished cleanly. Half the channels have an "anchor" driver
+// that stays for the whole soak and hears every producer: there the server
+// never closes a producer on its own (save a group member that stops
+// reading), so every producer finishes cleanly, and every driver attached
+// before a producer connected and still attached after its close must have
+// heard its whole stream, OPENED to CLOSED. On an anchored group the anchor
+// also records the order in which it heard the members: every member must
+// receive exactly the others' bytes in that order from its own OPENED on,
+// with whatever drivers WRITE to it (self-checking records) between them,
+// and members that stay all along must receive all of it (soak_groups_test.go).
+// UDP datagrams carry [uid][seq] and are checked whole, in order per
+// sender, and complete on the anchored ports.
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -48,9 +56,11 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/placeos-gnet/dispatch/codec"
+	"github.com/placeos-gnet/dispatch/internal/testkit"
 )
 
-// soakDuration is SOAK_DURATION, 60 s by default (10 s with -short).
+// soakDuration is SOAK_DURATION, 60 s by default (10 s with -short), for
+// all kinds together.
 func soakDuration(t *testing.T) time.Duration {
 	t.Helper()
 	if v := os.Getenv("SOAK_DURATION"); v != "" {
@@ -67,83 +77,124 @@ func soakDuration(t *testing.T) time.Duration {
 }
 
 const (
-	soakPortsPerProto = 10
-	soakAnchored      = 5 // ports of each protocol with an anchor driver
-	soakListedIPs     = 8 // devices come from 127.0.0.1 ... 127.0.0.8 ...
-	soakUnlistedBase  = 100
-	soakUnlistedIPs   = 20 // ... or from 127.0.0.100 ... 127.0.0.119, which no driver ever lists
-	soakAnchorAccept  = "127.0.0.0/28"
-	soakMaxMessage    = 64 << 10
+	soakListedIPs    = 8 // producers come from 127.0.0.1 ... 127.0.0.8 ...
+	soakUnlistedBase = 100
+	soakUnlistedIPs  = 20 // ... or from 127.0.0.100 ... 127.0.0.119, which no churn driver ever lists
+	soakAnchorAccept = "127.0.0.0/28"
+	soakMaxMessage   = 64 << 10
 )
 
+// soakPlan is how the soak exercises one kind: its channels, settings and
+// actors.
+type soakPlan struct {
+	tcp, udp, anchored int      // channels of each protocol; how many of each have an anchor
+	env                []string // settings beyond the soak's own
+	actors             map[string]int
+	residents          int // members per anchored group that stay all along
+}
+
+var soakPlans = map[string]soakPlan{
+	"dispatch": {tcp: 10, udp: 10, anchored: 5,
+		actors: map[string]int{"driver": 12, "producer": 10, "udp": 4, "http": 2}},
+	"group": {tcp: 8, anchored: 4, residents: 2,
+		// A short join deadline for hostile joiners; a small member bound
+		// so that members that stop reading are cut within the soak.
+		env:    []string{"DISPATCH_GROUP_JOIN_TIMEOUT=1s", "DISPATCH_MAX_MEMBER_PENDING=" + strconv.Itoa(256<<10)},
+		actors: map[string]int{"driver": 12, "producer": 10, "http": 1, "joiner": 2, "deaf": 2}},
+}
+
 func TestSoakChurn(t *testing.T) {
-	duration := soakDuration(t)
+	perKind := soakDuration(t) / time.Duration(len(kinds))
+	for _, kind := range kinds {
+		t.Run(kind.String(), func(t *testing.T) { runSoak(t, kind, perKind) })
+	}
+}
+
+func runSoak(t *testing.T, kind channelKind, duration time.Duration) {
+	plan := soakPlans[kind.String()]
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("soak: %v, seed %d", duration, seed)
 
-	s := startRobustServer(t,
+	s := startRobustServer(t, kind, append([]string{
 		"LOG_LEVEL=info",
 		"DISPATCH_HANDSHAKE_TIMEOUT=1s",
-		"DISPATCH_MAX_MESSAGE_BYTES="+strconv.Itoa(soakMaxMessage))
-	metrics := s.metricsAddress(t)
+		"DISPATCH_MAX_MESSAGE_BYTES=" + strconv.Itoa(soakMaxMessage)}, plan.env...)...)
+	metrics := s.MetricsAddr(t)
 
 	k := &soak{
-		t:        t,
-		s:        s,
-		seed:     seed,
-		anchored: map[string]bool{},
-		devices:  map[uint64]*soakDevice{},
-		senders:  map[uint64]*soakSender{},
+		t:       t,
+		s:       s,
+		kind:    kind,
+		seed:    seed,
+		devices: map[uint64]*soakDevice{},
+		senders: map[uint64]*soakSender{},
+		deaf:    map[string]bool{},
 	}
-	for i := range soakPortsPerProto {
-		k.tcpPorts = append(k.tcpPorts, freeTCPPort(t))
-		k.udpPorts = append(k.udpPorts, freeUDPPort(t))
-		if i < soakAnchored {
-			k.anchored[portKey("tcp", k.tcpPorts[i])] = true
-			k.anchored[portKey("udp", k.udpPorts[i])] = true
+	for i := range plan.tcp {
+		c := &soakChannel{kind: kind, ch: kind.newChannel(t), anchored: i < plan.anchored}
+		if c.anchored && kind.producersHear() {
+			c.log = newGroupLog()
 		}
+		k.tcp = append(k.tcp, c)
+	}
+	for i := range plan.udp {
+		k.udp = append(k.udp, &soakChannel{udpPort: testkit.FreeUDPPort(t), anchored: i < plan.anchored})
 	}
 
 	// Baseline, before any port is open.
 	base := k.sample(t, metrics)
-	t.Logf("baseline: VmRSS %s, %d descriptors, %d goroutines", mib(base.rss), base.fds, base.goroutines)
+	t.Logf("baseline: VmRSS %s, %d descriptors, %d goroutines", testkit.MiB(base.rss), base.fds, base.goroutines)
 
-	// Anchors stay for the whole soak.
+	// Anchors stay for the whole soak; on groups they hear every member, and
+	// resident members stay too.
 	var anchors []*soakDriver
-	for _, kind := range []string{"tcp", "udp"} {
-		ports := k.tcpPorts
-		if kind == "udp" {
-			ports = k.udpPorts
+	for _, c := range append(slices.Clone(k.tcp), k.udp...) {
+		if !c.anchored {
+			continue
 		}
-		for _, port := range ports[:soakAnchored] {
-			d, err := k.dialDriver(kind, port, soakAnchorAccept, true, rand.New(rand.NewPCG(seed, uint64(port))))
-			if err != nil {
-				t.Fatalf("anchor on %s/%d: %v", kind, port, err)
-			}
-			d.anchor = true
-			anchors = append(anchors, d)
+		accept := soakAnchorAccept
+		if c.isGroup() {
+			accept = "" // every member: the anchor's order is what every member must hear
+		}
+		d, err := k.dialDriver(c, accept, true, rand.New(rand.NewPCG(seed, uint64(len(anchors)))))
+		if err != nil {
+			t.Fatalf("anchor on %s: %v", c, err)
+		}
+		d.anchor = true
+		anchors = append(anchors, d)
+	}
+	k.deadline = time.Now().Add(duration)
+	var residents []*resident
+	for _, c := range k.tcp {
+		for i := 0; c.log != nil && i < plan.residents; i++ {
+			residents = append(residents, k.startResident(c, rand.New(rand.NewPCG(seed, uint64(1000+len(residents))))))
 		}
 	}
 
 	// The load.
-	k.deadline = time.Now().Add(duration)
+	actors := map[string]func(*rand.Rand){
+		"driver": k.churnDriver, "producer": k.producer, "udp": k.udpSender, "http": k.hostileHTTP,
+		"joiner": k.hostileJoiner, "deaf": k.deafMember,
+	}
 	var wg sync.WaitGroup
-	spawn := func(n int, actor func(*rand.Rand)) {
-		for range n {
+	for _, name := range slices.Sorted(func(yield func(string) bool) {
+		for name := range plan.actors {
+			if !yield(name) {
+				return
+			}
+		}
+	}) {
+		for range plan.actors[name] {
 			rng := rand.New(rand.NewPCG(seed, k.actorSeq.Add(1)))
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				for time.Now().Before(k.deadline) {
-					actor(rng)
+					actors[name](rng)
 				}
 			}()
 		}
 	}
-	spawn(12, k.churnDriver)
-	spawn(10, k.tcpDevice)
-	spawn(4, k.udpSender)
-	spawn(2, k.hostileHTTP)
 
 	// Watch while it runs: the server answers, and resources are sampled.
 	peak := base
@@ -152,8 +203,8 @@ func TestSoakChurn(t *testing.T) {
 		<-watchTick.C
 		cur := k.sample(t, metrics)
 		peak = peak.max(cur)
-		if s.hasExited() {
-			t.Fatalf("the server exited during the soak:\n%s", s.logs.tail(8192))
+		if s.HasExited() {
+			t.Fatalf("the server exited during the soak:\n%s", s.LogTail(8192))
 		}
 	}
 	watchTick.Stop()
@@ -165,29 +216,35 @@ func TestSoakChurn(t *testing.T) {
 		t.Fatal("soak actors did not finish within 60 s of the deadline: something is wedged")
 	}
 
-	// UDP anchors catch up with what was sent to them.
+	// UDP anchors catch up with what was sent to them, and residents with
+	// what their anchor heard.
 	k.awaitUDPAnchors(anchors)
-	// Anchors leave politely; everything they heard is now final.
+	k.awaitResidents(residents)
+	// Anchors leave politely; everything they heard is now final. Then the
+	// residents leave.
 	for _, d := range anchors {
 		d.tLeave = time.Now()
-		_ = d.conn.SetWriteDeadline(time.Now().Add(eventTimeout))
+		_ = d.conn.SetWriteDeadline(time.Now().Add(testkit.EventTimeout))
 		_ = wsutil.WriteClientMessage(d.conn, ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))
 		d.expectClose = ws.StatusNormalClosure
 	}
 	for _, d := range anchors {
-		d.finish(eventTimeout)
+		d.finish(testkit.EventTimeout)
+	}
+	for _, r := range residents {
+		r.leave()
 	}
 	k.verify(metrics)
 
 	// Back to the start.
-	s.waitForStats(t, emptyStats)
+	kind.waitIdle(t, s)
 	var end soakSample
-	settled := pollCond(15*time.Second, func() bool {
+	settled := testkit.Poll(15*time.Second, func() bool {
 		end = k.sample(t, metrics)
 		return end.fds <= base.fds+2 && end.goroutines <= base.goroutines+4
 	})
 	t.Logf("resources: VmRSS baseline %s, peak %s, end %s; descriptors %d / %d / %d; goroutines %d / %d / %d",
-		mib(base.rss), mib(peak.rss), mib(end.rss), base.fds, peak.fds, end.fds, base.goroutines, peak.goroutines, end.goroutines)
+		testkit.MiB(base.rss), testkit.MiB(peak.rss), testkit.MiB(end.rss), base.fds, peak.fds, end.fds, base.goroutines, peak.goroutines, end.goroutines)
 	t.Logf("load: %s", k.summary())
 	if !settled {
 		t.Errorf("leak: %d descriptors (baseline %d) and %d goroutines (baseline %d) after the soak",
@@ -196,42 +253,83 @@ func TestSoakChurn(t *testing.T) {
 	// Memory: bounded throughout, and back near the start (the Go runtime
 	// returns freed pages lazily, hence the slack).
 	if bound := base.rss + 128<<20; peak.rss > bound {
-		t.Errorf("VmRSS peaked at %s during the soak, over the bound %s (baseline %s)", mib(peak.rss), mib(bound), mib(base.rss))
+		t.Errorf("VmRSS peaked at %s during the soak, over the bound %s (baseline %s)", testkit.MiB(peak.rss), testkit.MiB(bound), testkit.MiB(base.rss))
 	}
 	if bound := base.rss + 64<<20; end.rss > bound {
-		t.Errorf("VmRSS %s after the soak, over the bound %s (baseline %s)", mib(end.rss), mib(bound), mib(base.rss))
+		t.Errorf("VmRSS %s after the soak, over the bound %s (baseline %s)", testkit.MiB(end.rss), testkit.MiB(bound), testkit.MiB(base.rss))
 	}
 	// No driver read promptly enough to be called slow, and nothing broke.
-	expectMetric(t, metrics, 0, "dispatch_forced_disconnects_total", "kind", "slow_driver")
-	expectMetric(t, metrics, 0, "dispatch_forced_disconnects_total", "kind", "slow_device")
-	logs := s.logs.String()
+	// Producers that read are never cut: devices never, group members only
+	// if they are the deaf ones (checked by verify).
+	testkit.ExpectMetric(t, metrics, 0, "dispatch_forced_disconnects_total", "kind", "slow_driver")
+	testkit.ExpectMetric(t, metrics, 0, "dispatch_forced_disconnects_total", "kind", "slow_device")
+	logs := s.Logs()
 	for _, bad := range []string{"panic", "fatal error", "level=ERROR"} {
-		if n := countLogLines(logs, bad); n > 0 {
-			t.Errorf("%d log lines with %q: %s", n, bad, linesContaining(logs, bad))
+		if n := testkit.CountLines(logs, bad); n > 0 {
+			t.Errorf("%d log lines with %q: %s", n, bad, testkit.LinesContaining(logs, bad))
 		}
 	}
 	// And it still serves.
-	w := newWitness(t, s)
+	w := newWitness(t, s, kind)
 	w.check(t)
 }
 
 // ---------------------------------------------------------------------------
 // The soak's bookkeeping.
 
+// soakChannel is a channel of the soak's kind (a dispatch TCP port, a TCP
+// socket group), or a dispatch UDP port.
+type soakChannel struct {
+	kind     channelKind // nil for a UDP port
+	ch       *channel    // nil for a UDP port
+	udpPort  int
+	anchored bool      // it has an anchor driver all along
+	log      *groupLog // anchored groups: the order the anchor heard the members in
+}
+
+func (c *soakChannel) udp() bool { return c.kind == nil }
+
+// isGroup says whether producers join it as socket-group members: with a
+// line, in any of the shapes the soak tries, admitted whatever their IP,
+// and the channel lives on without drivers. A dispatch port admits devices
+// only from IPs a driver on it lists, and is closed while it has no driver.
+func (c *soakChannel) isGroup() bool { return c.ch != nil && c.ch.group != "" }
+
+func (c *soakChannel) String() string {
+	switch {
+	case c.udp():
+		return "udp/" + strconv.Itoa(c.udpPort)
+	case c.isGroup():
+		return "group/" + c.ch.group
+	}
+	return "tcp/" + strconv.Itoa(c.ch.port)
+}
+
+// target is the upgrade target of a driver admitting accept ("": everyone,
+// groups only; spaces are sent escaped).
+func (c *soakChannel) target(accept string) string {
+	accept = strings.ReplaceAll(accept, " ", "%20")
+	if c.udp() {
+		return testkit.DispatchTarget(testkit.BasePath, "udp", c.udpPort, accept)
+	}
+	return c.kind.target(c.ch, accept)
+}
+
 type soak struct {
 	t        *testing.T
-	s        *server
+	s        *testkit.Process
+	kind     channelKind
 	seed     uint64
 	deadline time.Time
 	actorSeq atomic.Uint64
-	tcpPorts []int
-	udpPorts []int
-	anchored map[string]bool // "tcp/6001"
+	tcp      []*soakChannel // dispatch TCP ports or groups
+	udp      []*soakChannel // dispatch UDP ports
 
 	mu      sync.Mutex
-	devices map[uint64]*soakDevice // TCP devices by uid
+	devices map[uint64]*soakDevice // TCP producers by uid
 	senders map[uint64]*soakSender // UDP senders by uid
 	drivers []*soakDriver
+	deaf    map[string]bool // local addresses of group members that never read
 
 	vmu        sync.Mutex
 	violations []string
@@ -240,10 +338,10 @@ type soak struct {
 	nDrivers, nConflicts, nHostileDrivers, nDrops       atomic.Int64
 	nDevices, nDevicesRefused, nDevicesUnlisted, nAbort atomic.Int64
 	nDatagrams, nHostileHTTP, nWrites, nCloses          atomic.Int64
+	nJoiners, nSilent, nDeaf                            atomic.Int64
 	bytesSent, bytesChecked, dgramsChecked              atomic.Int64
+	bytesHeard                                          atomic.Int64 // group members' bytes checked at other members
 }
-
-func portKey(kind string, port int) string { return kind + "/" + strconv.Itoa(port) }
 
 func (k *soak) violate(format string, args ...any) {
 	k.vmu.Lock()
@@ -255,13 +353,18 @@ func (k *soak) violate(format string, args ...any) {
 }
 
 func (k *soak) summary() string {
-	return fmt.Sprintf("%d driver sessions (%d hostile, %d dropped, %d port conflicts), %d device connections "+
+	s := fmt.Sprintf("%d driver sessions (%d hostile, %d dropped, %d port conflicts), %d producer connections "+
 		"(%d more found their port closed, %d came from unlisted IPs, %d aborted mid-stream), "+
-		"%d datagrams, %d WRITEs, %d CLOSEs, %d hostile HTTP clients; %.1f MiB sent by devices, %.1f MiB and %d datagrams checked at drivers",
+		"%d datagrams, %d WRITEs, %d CLOSEs, %d hostile HTTP clients; %.1f MiB sent by producers, %.1f MiB and %d datagrams checked at drivers",
 		k.nDrivers.Load(), k.nHostileDrivers.Load(), k.nDrops.Load(), k.nConflicts.Load(), k.nDevices.Load(),
 		k.nDevicesRefused.Load(), k.nDevicesUnlisted.Load(), k.nAbort.Load(), k.nDatagrams.Load(), k.nWrites.Load(),
 		k.nCloses.Load(), k.nHostileHTTP.Load(), float64(k.bytesSent.Load())/(1<<20),
 		float64(k.bytesChecked.Load())/(1<<20), k.dgramsChecked.Load())
+	if k.kind.producersHear() {
+		s += fmt.Sprintf("; %d hostile joiners, %d deaf members, %.1f MiB checked at members",
+			k.nJoiners.Load(), k.nDeaf.Load(), float64(k.bytesHeard.Load())/(1<<20))
+	}
+	return s
 }
 
 type soakSample struct {
@@ -276,19 +379,19 @@ func (a soakSample) max(b soakSample) soakSample {
 
 func (k *soak) sample(t *testing.T, metrics string) soakSample {
 	t.Helper()
-	rss, err := procStatusBytes(k.s.pid(), "VmRSS")
+	rss, err := testkit.ProcStatusBytes(k.s.PID(), "VmRSS")
 	if err != nil {
 		t.Fatalf("VmRSS: %v", err)
 	}
-	fds, err := procFDCount(k.s.pid())
+	fds, err := testkit.FDCount(k.s.PID())
 	if err != nil {
 		t.Fatalf("descriptors: %v", err)
 	}
-	all, err := scrapeMetrics(metrics)
+	all, err := testkit.Scrape(metrics)
 	if err != nil {
 		t.Fatalf("the server stopped answering /metrics: %v", err)
 	}
-	g, ok := metricValue(all, "go_goroutines")
+	g, ok := testkit.MetricValue(all, "go_goroutines")
 	if !ok {
 		t.Fatal("go_goroutines not exported")
 	}
@@ -307,9 +410,9 @@ func pickDeviceIP(rng *rand.Rand) (string, bool) {
 }
 
 // ---------------------------------------------------------------------------
-// TCP device streams.
+// TCP producer streams.
 
-// soakStream is n bytes of device uid's stream from offset off: 16-byte
+// soakStream is n bytes of producer uid's stream from offset off: 16-byte
 // records [uid][record index], big-endian.
 func soakStream(uid uint64, off int64, n int) []byte {
 	out := make([]byte, 0, n+32)
@@ -325,22 +428,25 @@ func soakStream(uid uint64, off int64, n int) []byte {
 	return out[skip : skip+n]
 }
 
+// soakDevice is a TCP producer: a device on a dispatch port or a group member.
 type soakDevice struct {
 	uid   uint64
-	port  int
+	ch    *soakChannel
 	ip    string
-	total int64 // bytes the device means to send
+	total int64 // bytes the producer means to send
 
-	// Set by the device's own goroutine before it is marked finished.
-	tDial    time.Time // before dialling
+	tDial time.Time // before dialling; set before the producer is registered
+	// Set by the producer's own goroutine before it is marked finished.
 	tEOF     time.Time // when its reader saw the server's end of file
 	sent     int64
 	clean    bool // sent everything, half-closed, then saw end of file
 	aborted  bool // hung up on purpose mid-stream
 	finished atomic.Bool
+
+	heard *memberCheck // anchored groups: what it receives, checked against the anchor's order
 }
 
-// writeRecord is what drivers WRITE to TCP devices: 16 bytes that check themselves.
+// writeRecord is what drivers WRITE to TCP producers: 16 bytes that check themselves.
 func writeRecord(rng *rand.Rand) []byte {
 	b := make([]byte, 16)
 	b[0], b[1] = 'W', 'R'
@@ -375,31 +481,46 @@ func (k *soak) newUID(rng *rand.Rand) uint64 {
 	}
 }
 
-// tcpDevice is one device connection: dial, stream, half-close, wait for
-// the server's close; or refused; or aborted mid-stream.
-func (k *soak) tcpDevice(rng *rand.Rand) {
-	port := k.tcpPorts[rng.IntN(len(k.tcpPorts))]
-	ip, listed := pickDeviceIP(rng)
-	dv := &soakDevice{uid: k.newUID(rng), port: port, ip: ip, total: 16 + rng.Int64N(24<<10)}
-	if rng.IntN(8) == 0 {
-		dv.total = 16 + rng.Int64N(200<<10) // now and then a longer stream
+// register records a new producer before it connects.
+func (k *soak) register(dv *soakDevice) {
+	dv.tDial = time.Now()
+	if dv.ch.log != nil {
+		dv.heard = dv.ch.log.newMemberCheck(dv.uid)
 	}
 	k.mu.Lock()
 	k.devices[dv.uid] = dv
 	k.mu.Unlock()
+}
+
+// producer is one producer connection: dial (and join), stream,
+// half-close, wait for the server's close; or refused; or aborted
+// mid-stream.
+func (k *soak) producer(rng *rand.Rand) {
+	ch := k.tcp[rng.IntN(len(k.tcp))]
+	ip, listed := pickDeviceIP(rng)
+	dv := &soakDevice{uid: k.newUID(rng), ch: ch, ip: ip, total: 16 + rng.Int64N(24<<10)}
+	if rng.IntN(8) == 0 {
+		dv.total = 16 + rng.Int64N(200<<10) // now and then a longer stream
+	}
+	k.register(dv)
 	defer dv.finished.Store(true)
 
-	dv.tDial = time.Now()
-	conn, err := dialTCPFrom(ip, net.JoinHostPort(localhost, strconv.Itoa(port)))
-	if err != nil {
-		// The port is closed (no driver on it right now), or closed while
-		// the connection waited in its backlog.
-		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+	var conn *net.TCPConn
+	var err error
+	if ch.isGroup() {
+		conn, err = k.joinGroup(dv, rng)
+	} else {
+		conn, err = ch.kind.dial(k.s, ch.ch, ip, testkit.ReuseAddr())
+		if err != nil && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)) {
+			// The port is closed (no driver on it right now), or closed
+			// while the connection waited in its backlog.
 			k.nDevicesRefused.Add(1)
 			time.Sleep(time.Duration(5+rng.IntN(20)) * time.Millisecond) // the device's own pace
 			return
 		}
-		k.violate("device %s → tcp/%d: dial: %v", ip, port, err)
+	}
+	if err != nil {
+		k.violate("producer %s → %s: dial: %v", ip, ch, err)
 		return
 	}
 	defer conn.Close()
@@ -419,14 +540,23 @@ func (k *soak) tcpDevice(rng *rand.Rand) {
 			_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 			n, err := conn.Read(buf)
 			recv += n
-			pending = append(pending, buf[:n]...)
-			for len(pending) >= 16 {
-				if !writeRecordValid(pending[:16]) {
-					k.violate("device %s on tcp/%d: received bytes that no driver wrote: % x", ip, port, pending[:16])
-					pending = nil
-					break
+			switch {
+			case dv.heard != nil:
+				dv.heard.feed(buf[:n])
+			case ch.kind.producersHear():
+				// Unanchored group: the order of the others' bytes is not
+				// recorded anywhere; what arrives is only drained.
+			default:
+				// A device receives what drivers WRITE, and nothing else.
+				pending = append(pending, buf[:n]...)
+				for len(pending) >= 16 {
+					if !writeRecordValid(pending[:16]) {
+						k.violate("device %s on %s: received bytes that no driver wrote: % x", ip, ch, pending[:16])
+						pending = nil
+						break
+					}
+					pending = pending[16:]
 				}
-				pending = pending[16:]
 			}
 			if err != nil {
 				readDone <- readResult{at: time.Now(), err: err, recv: recv}
@@ -443,13 +573,13 @@ func (k *soak) tcpDevice(rng *rand.Rand) {
 		if abort && dv.sent+n > abortAt {
 			break
 		}
-		_ = conn.SetWriteDeadline(time.Now().Add(eventTimeout))
+		_ = conn.SetWriteDeadline(time.Now().Add(testkit.EventTimeout))
 		var m int
 		m, writeErr = conn.Write(soakStream(dv.uid, dv.sent, int(n)))
 		dv.sent += int64(m)
 		k.bytesSent.Add(int64(m))
 		if rng.IntN(3) == 0 {
-			time.Sleep(time.Duration(rng.IntN(8)) * time.Millisecond) // the device's own pace
+			time.Sleep(time.Duration(rng.IntN(8)) * time.Millisecond) // the producer's own pace
 		}
 	}
 	if abort {
@@ -465,20 +595,22 @@ func (k *soak) tcpDevice(rng *rand.Rand) {
 	select {
 	case res = <-readDone:
 	case <-time.After(20 * time.Second):
-		k.violate("device %s on tcp/%d: the server never closed it after its FIN (20 s)", ip, port)
+		k.violate("producer %s on %s: the server never closed it after its FIN (20 s)", ip, ch)
 		return
 	}
 	dv.tEOF = res.at
 	dv.clean = writeErr == nil && errors.Is(res.err, io.EOF) && res.at.After(tHalfClose)
 	if !listed {
 		k.nDevicesUnlisted.Add(1)
-		if res.recv > 0 {
-			k.violate("device from unlisted %s on tcp/%d received %d bytes", ip, port, res.recv)
+		if res.recv > 0 && !ch.isGroup() {
+			k.violate("device from unlisted %s on %s received %d bytes", ip, ch, res.recv)
 		}
 	}
-	if listed && k.anchored[portKey("tcp", port)] && !dv.clean {
-		k.violate("device %s on anchored tcp/%d (uid %x) did not finish cleanly: write %v, read %v after %d of %d bytes",
-			ip, port, dv.uid, writeErr, res.err, dv.sent, dv.total)
+	// On an anchored channel nothing closes a producer but itself (a
+	// group admits every IP; a dispatch anchor lists every listed one).
+	if (listed || ch.isGroup()) && ch.anchored && !dv.clean {
+		k.violate("producer %s on anchored %s (uid %x) did not finish cleanly: write %v, read %v after %d of %d bytes",
+			ip, ch, dv.uid, writeErr, res.err, dv.sent, dv.total)
 	}
 }
 
@@ -506,7 +638,7 @@ func datagramFor(uid uint64, seq int64) []byte {
 }
 
 func (k *soak) udpSender(rng *rand.Rand) {
-	port := k.udpPorts[rng.IntN(len(k.udpPorts))]
+	port := k.udp[rng.IntN(len(k.udp))].udpPort
 	ip, _ := pickDeviceIP(rng)
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
 	if err != nil {
@@ -527,7 +659,7 @@ func (k *soak) udpSender(rng *rand.Rand) {
 			}
 		}
 	}()
-	to := &net.UDPAddr{IP: net.ParseIP(localhost), Port: port}
+	to := &net.UDPAddr{IP: net.ParseIP(testkit.Localhost), Port: port}
 	count := 5 + rng.Int64N(40)
 	for seq := range count {
 		if _, err := conn.WriteToUDP(datagramFor(snd.uid, seq), to); err != nil {
@@ -548,18 +680,18 @@ type tcpKey struct {
 	id uint64
 }
 
-// keyState is what one driver heard of one TCP client.
+// keyState is what one driver heard of one TCP producer.
 type keyState struct {
 	opened, closed bool
 	dev            *soakDevice
 	start, next    int64
-	pending        []byte // bytes before the device is identified
+	heard          int64  // bytes heard; for an anchor, the offset in the stream
+	pending        []byte // bytes before the producer is identified
 }
 
 type soakDriver struct {
 	k      *soak
-	kind   string
-	port   int
+	ch     *soakChannel
 	accept acceptSet
 	anchor bool
 	conn   net.Conn
@@ -629,32 +761,27 @@ func (k *soak) randomAccept(rng *rand.Rand) string {
 	return strings.Join(parts, ",")
 }
 
-// dialDriver registers a session and starts its reader.
-func (k *soak) dialDriver(kind string, port int, accept string, byHeader bool, rng *rand.Rand) (*soakDriver, error) {
-	target := fmt.Sprintf("%s/%s_dispatch?port=%d&accept=%s", basePath, kind, port, strings.ReplaceAll(accept, " ", "%20"))
+// dialDriver attaches a session to c admitting accept ("" on a group:
+// every member) and starts its reader.
+func (k *soak) dialDriver(c *soakChannel, accept string, byHeader bool, rng *rand.Rand) (*soakDriver, error) {
+	target := c.target(accept)
 	header := http.Header{"X-Module-Id": {"soak"}}
 	if byHeader {
-		header.Set("Authorization", "Bearer "+k.s.secret)
+		header.Set("Authorization", "Bearer "+k.s.Secret())
 	} else {
-		target += "&bearer_token=" + k.s.secret
+		target += "&bearer_token=" + k.s.Secret()
 	}
-	dialer := ws.Dialer{Timeout: eventTimeout, Header: ws.HandshakeHeaderHTTP(header),
-		NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			nd := net.Dialer{Control: reuseAddr}
-			return nd.DialContext(ctx, network, addr)
-		}}
-	conn, br, _, err := dialer.Dial(context.Background(), "ws://"+k.s.addr+target)
+	session, err := testkit.DialDriver(k.t, k.s, target, header, testkit.ReuseAddr())
 	if err != nil {
 		return nil, err
 	}
+	if accept == "" {
+		accept = "0.0.0.0/0,::/0"
+	}
 	d := &soakDriver{
-		k: k, kind: kind, port: port, accept: parseAcceptSet(strings.ReplaceAll(accept, " ", "")), conn: conn, rng: rng,
+		k: k, ch: c, accept: parseAcceptSet(strings.ReplaceAll(accept, " ", "")), conn: session.Conn, br: session.Reader, rng: rng,
 		tReg: time.Now(), readerDone: make(chan struct{}),
 		keys: map[tcpKey]*keyState{}, udpSeq: map[uint64]int64{}, udpSeen: map[uint64]int64{},
-	}
-	d.br = conn
-	if br != nil {
-		d.br = br
 	}
 	k.nDrivers.Add(1)
 	k.mu.Lock()
@@ -669,7 +796,7 @@ func (d *soakDriver) where() string {
 	if d.anchor {
 		role = "anchor"
 	}
-	return fmt.Sprintf("%s on %s/%d (accept %v %v)", role, d.kind, d.port, d.accept.addrs, d.accept.prefixes)
+	return fmt.Sprintf("%s on %s (accept %v %v)", role, d.ch, d.accept.addrs, d.accept.prefixes)
 }
 
 // read consumes frames until the close frame or the end of the connection.
@@ -715,12 +842,12 @@ func (d *soakDriver) handle(m codec.Message) {
 	k := d.k
 	ip, err := netip.ParseAddr(string(m.IP))
 	if err != nil || !d.accept.contains(ip) {
-		k.violate("%s: heard %s, which it does not accept", d.where(), describeMsg(m))
+		k.violate("%s: heard %s, which it does not accept", d.where(), testkit.DescribeMessage(m))
 		return
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.kind == "udp" {
+	if d.ch.udp() {
 		d.handleDatagram(m)
 		return
 	}
@@ -735,54 +862,77 @@ func (d *soakDriver) handle(m codec.Message) {
 		d.keys[key] = &keyState{opened: true}
 		d.opened = append(d.opened, m.ID)
 	case codec.Received:
-		if st == nil {
-			st = &keyState{}
-			d.keys[key] = st
-		}
+		st = d.state(key)
 		if st.closed {
 			k.violate("%s: RECEIVED for %s id %d after its CLOSED", d.where(), m.IP, m.ID)
 			return
 		}
+		off := st.heard
+		st.heard += int64(len(m.Data))
 		d.feed(st, key, m.Data)
-	case codec.Closed:
-		if st == nil {
-			st = &keyState{}
-			d.keys[key] = st
+		if d.anchor && d.ch.log != nil {
+			d.ch.log.received(key, st, off, m.Data)
 		}
+		return
+	case codec.Closed:
+		st = d.state(key)
 		if st.closed {
 			k.violate("%s: second CLOSED for %s id %d", d.where(), m.IP, m.ID)
 		}
 		st.closed = true
 	default:
-		k.violate("%s: unexpected %s", d.where(), describeMsg(m))
+		k.violate("%s: unexpected %s", d.where(), testkit.DescribeMessage(m))
+		return
+	}
+	if d.anchor && d.ch.log != nil {
+		d.ch.log.event(m.Type, key)
 	}
 }
 
-// feed checks a stretch of a TCP client's bytes, identifying the device first.
+// state is what the driver heard of key so far, created on first use (a
+// driver that attached after the producer hears no OPENED on a dispatch port).
+func (d *soakDriver) state(key tcpKey) *keyState {
+	st := d.keys[key]
+	if st == nil {
+		st = &keyState{}
+		d.keys[key] = st
+	}
+	return st
+}
+
+// feed checks a stretch of a TCP producer's bytes, identifying it first.
 func (d *soakDriver) feed(st *keyState, key tcpKey, data []byte) {
 	k := d.k
 	if st.dev == nil {
 		st.pending = append(st.pending, data...)
+		// A driver that attached after the producer connected joins its
+		// stream midway. On a dispatch port it gets no OPENED for it; on a
+		// group it gets OPENED all the same, so there an OPENED stream
+		// starts at 0 only if the producer connected after the driver.
+		identified := false
 		if st.opened {
 			if len(st.pending) < 8 {
 				return
 			}
 			dev := k.device(binary.BigEndian.Uint64(st.pending))
-			if dev == nil || dev.ip != key.ip || dev.port != d.port {
+			switch {
+			case dev != nil && dev.ip == key.ip && dev.ch == d.ch && bytes.Equal(st.pending, soakStream(dev.uid, 0, len(st.pending))):
+				st.dev, st.start, identified = dev, 0, true
+			case !d.ch.kind.announcesPresent():
 				k.violate("%s: the stream of %s id %d starts with % x, not a device of this port and IP", d.where(), key.ip, key.id, st.pending[:8])
 				st.pending = nil
-				st.dev = &soakDevice{} // stop checking this client
+				st.dev = &soakDevice{} // stop checking this producer
 				return
 			}
-			st.dev, st.start = dev, 0
-		} else {
+		}
+		if !identified {
 			// Joined mid-stream: find the record boundary.
 			if len(st.pending) < 32 {
 				return
 			}
 			for o := range 16 {
 				dev := k.device(binary.BigEndian.Uint64(st.pending[o:]))
-				if dev == nil || dev.ip != key.ip || dev.port != d.port {
+				if dev == nil || dev.ip != key.ip || dev.ch != d.ch {
 					continue
 				}
 				start := int64(binary.BigEndian.Uint64(st.pending[o+8:]))*16 - int64(o)
@@ -792,10 +942,14 @@ func (d *soakDriver) feed(st *keyState, key tcpKey, data []byte) {
 				}
 			}
 			if st.dev == nil {
-				k.violate("%s: %d bytes from %s id %d match no device's stream at any offset", d.where(), len(st.pending), key.ip, key.id)
+				k.violate("%s: %d bytes from %s id %d match no producer's stream at any offset", d.where(), len(st.pending), key.ip, key.id)
 				st.pending = nil
 				st.dev = &soakDevice{}
 				return
+			}
+			if st.opened && st.dev.tDial.After(d.tReg) {
+				k.violate("%s: %s id %d connected after the driver attached, yet its stream started at %d, not 0",
+					d.where(), key.ip, key.id, st.start)
 			}
 		}
 		st.next = st.start
@@ -805,12 +959,12 @@ func (d *soakDriver) feed(st *keyState, key tcpKey, data []byte) {
 		return // already reported
 	}
 	if st.next+int64(len(data)) > st.dev.total {
-		k.violate("%s: %s id %d: bytes past the end of the device's %d-byte stream", d.where(), key.ip, key.id, st.dev.total)
+		k.violate("%s: %s id %d: bytes past the end of the producer's %d-byte stream", d.where(), key.ip, key.id, st.dev.total)
 		st.dev = &soakDevice{}
 		return
 	}
 	if !bytes.Equal(data, soakStream(st.dev.uid, st.next, len(data))) {
-		k.violate("%s: %s id %d: %d bytes at offset %d are not the device's (a gap, a repeat or corruption)",
+		k.violate("%s: %s id %d: %d bytes at offset %d are not the producer's (a gap, a repeat or corruption)",
 			d.where(), key.ip, key.id, len(data), st.next)
 		st.dev = &soakDevice{}
 		return
@@ -828,7 +982,7 @@ func (k *soak) device(uid uint64) *soakDevice {
 func (d *soakDriver) handleDatagram(m codec.Message) {
 	k := d.k
 	if m.Type != codec.Received || len(m.Data) < 16 {
-		k.violate("%s: unexpected %s", d.where(), describeMsg(m))
+		k.violate("%s: unexpected %s", d.where(), testkit.DescribeMessage(m))
 		return
 	}
 	uid := binary.BigEndian.Uint64(m.Data)
@@ -837,8 +991,8 @@ func (d *soakDriver) handleDatagram(m codec.Message) {
 	snd := k.senders[uid]
 	k.mu.Unlock()
 	switch {
-	case snd == nil || snd.port != d.port:
-		k.violate("%s: datagram from no sender of this port: %s", d.where(), describeMsg(m))
+	case snd == nil || snd.port != d.ch.udpPort:
+		k.violate("%s: datagram from no sender of this port: %s", d.where(), testkit.DescribeMessage(m))
 	case snd.ip != string(m.IP) || snd.srcPort != m.ID:
 		k.violate("%s: datagram of sender %s:%d arrived as %s:%d", d.where(), snd.ip, snd.srcPort, m.IP, m.ID)
 	case !bytes.Equal(m.Data, datagramFor(uid, seq)):
@@ -879,52 +1033,50 @@ var hostileLeaves = []struct {
 	bytes func() []byte
 	code  ws.StatusCode
 }{
-	{"malformed message", func() []byte { return rawClientFrame(true, 0, ws.OpBinary, true, []byte{3, '1', '2', '7'}) }, ws.StatusInvalidFramePayloadData},
+	{"malformed message", func() []byte { return testkit.RawClientFrame(true, 0, ws.OpBinary, true, []byte{3, '1', '2', '7'}) }, ws.StatusInvalidFramePayloadData},
 	{"unknown message type", func() []byte {
-		return rawClientFrame(true, 0, ws.OpBinary, true, codec.AppendMessage(nil, 9, []byte(localhost), 0, nil))
+		return testkit.RawClientFrame(true, 0, ws.OpBinary, true, codec.AppendMessage(nil, 9, []byte(testkit.Localhost), 0, nil))
 	}, ws.StatusInvalidFramePayloadData},
-	{"oversized frame", func() []byte { return rawFrameHeader(true, ws.OpBinary, 1<<40) }, ws.StatusMessageTooBig},
-	{"oversized message", func() []byte { return rawFrameHeader(true, ws.OpBinary, soakMaxMessage+1) }, ws.StatusMessageTooBig},
-	{"unmasked frame", func() []byte { return rawClientFrame(true, 0, ws.OpBinary, false, []byte{4}) }, ws.StatusProtocolError},
-	{"reserved bits", func() []byte { return rawClientFrame(true, 2, ws.OpBinary, true, []byte{4}) }, ws.StatusProtocolError},
-	{"reserved opcode", func() []byte { return rawClientFrame(true, 0, 0x5, true, nil) }, ws.StatusProtocolError},
+	{"oversized frame", func() []byte { return testkit.RawFrameHeader(true, ws.OpBinary, 1<<40) }, ws.StatusMessageTooBig},
+	{"oversized message", func() []byte { return testkit.RawFrameHeader(true, ws.OpBinary, soakMaxMessage+1) }, ws.StatusMessageTooBig},
+	{"unmasked frame", func() []byte { return testkit.RawClientFrame(true, 0, ws.OpBinary, false, []byte{4}) }, ws.StatusProtocolError},
+	{"reserved bits", func() []byte { return testkit.RawClientFrame(true, 2, ws.OpBinary, true, []byte{4}) }, ws.StatusProtocolError},
+	{"reserved opcode", func() []byte { return testkit.RawClientFrame(true, 0, 0x5, true, nil) }, ws.StatusProtocolError},
 	{"bad UTF-8 close reason", func() []byte {
-		return rawClientFrame(true, 0, ws.OpClose, true, []byte{0x03, 0xe8, 0xc3, 0x28})
+		return testkit.RawClientFrame(true, 0, ws.OpClose, true, []byte{0x03, 0xe8, 0xc3, 0x28})
 	}, ws.StatusInvalidFramePayloadData},
-	{"one-byte close", func() []byte { return rawClientFrame(true, 0, ws.OpClose, true, []byte{1}) }, ws.StatusProtocolError},
+	{"one-byte close", func() []byte { return testkit.RawClientFrame(true, 0, ws.OpClose, true, []byte{1}) }, ws.StatusProtocolError},
 }
 
-// churnDriver is one session: register, live a while writing to and
-// closing clients it heard of, then leave politely, hang up, or misbehave.
+// churnDriver is one session: attach, live a while writing to and closing
+// producers it heard of, then leave politely, hang up, or misbehave.
 func (k *soak) churnDriver(rng *rand.Rand) {
-	kind := "tcp"
-	ports := k.tcpPorts
-	if rng.IntN(2) == 0 {
-		kind, ports = "udp", k.udpPorts
+	channels := k.tcp
+	if len(k.udp) > 0 && rng.IntN(2) == 0 {
+		channels = k.udp
 	}
-	port := ports[rng.IntN(len(ports))]
-	d, err := k.dialDriver(kind, port, k.randomAccept(rng), rng.IntN(2) == 0, rng)
+	c := channels[rng.IntN(len(channels))]
+	d, err := k.dialDriver(c, k.randomAccept(rng), rng.IntN(2) == 0, rng)
 	if err != nil {
 		var status ws.StatusError
-		if errors.As(err, &status) && int(status) == http.StatusConflict {
+		if errors.As(err, &status) && int(status) == http.StatusConflict && !c.isGroup() {
 			k.nConflicts.Add(1) // another process holds the port while it is closed
 			time.Sleep(50 * time.Millisecond)
 			return
 		}
-		k.violate("driver on %s/%d: dial: %v", kind, port, err)
+		k.violate("driver on %s: dial: %v", c, err)
 		return
 	}
-	anchoredPort := k.anchored[portKey(kind, port)]
 	life := time.Duration(50+rng.IntN(1500)) * time.Millisecond
 	until := time.Now().Add(life)
 	for time.Now().Before(until) {
 		time.Sleep(time.Duration(20+rng.IntN(150)) * time.Millisecond) // the driver's own pace
 		var msg []byte
-		switch kind {
-		case "tcp":
+		switch {
+		case !c.udp():
 			key, ok := d.someClient(rng)
 			switch {
-			case ok && !anchoredPort && rng.IntN(10) == 0:
+			case ok && !c.anchored && rng.IntN(10) == 0:
 				msg = codec.AppendMessage(nil, codec.Close, []byte(key.ip), key.id, nil)
 				k.nCloses.Add(1)
 			case ok:
@@ -935,9 +1087,9 @@ func (k *soak) churnDriver(rng *rand.Rand) {
 				msg = codec.AppendMessage(nil, codec.Write, []byte(key.ip), key.id, payload)
 				k.nWrites.Add(1)
 			default:
-				msg = codec.AppendMessage(nil, codec.Write, []byte(localhost), 1<<40, []byte("nobody")) // unknown: a no-op
+				msg = codec.AppendMessage(nil, codec.Write, []byte(testkit.Localhost), 1<<40, []byte("nobody")) // unknown: a no-op
 			}
-		case "udp":
+		default:
 			if ip, p, ok := d.someSender(rng); ok && rng.IntN(6) != 0 {
 				msg = codec.AppendMessage(nil, codec.Write, []byte(ip), p, []byte("udp reply"))
 				k.nWrites.Add(1)
@@ -945,7 +1097,7 @@ func (k *soak) churnDriver(rng *rand.Rand) {
 				msg = codec.AppendMessage(nil, codec.Write, []byte("not-an-ip"), 70000, []byte("ignored"))
 			}
 		}
-		_ = d.conn.SetWriteDeadline(time.Now().Add(eventTimeout))
+		_ = d.conn.SetWriteDeadline(time.Now().Add(testkit.EventTimeout))
 		if err := wsutil.WriteClientBinary(d.conn, msg); err != nil {
 			k.violate("%s: writing: %v", d.where(), err)
 			break
@@ -953,7 +1105,7 @@ func (k *soak) churnDriver(rng *rand.Rand) {
 	}
 
 	d.tLeave = time.Now()
-	_ = d.conn.SetWriteDeadline(time.Now().Add(eventTimeout))
+	_ = d.conn.SetWriteDeadline(time.Now().Add(testkit.EventTimeout))
 	switch r := rng.IntN(100); {
 	case r < 55:
 		d.expectClose = ws.StatusNormalClosure
@@ -1006,7 +1158,7 @@ func (d *soakDriver) someSender(rng *rand.Rand) (string, uint64, bool) {
 
 func (k *soak) hostileHTTP(rng *rand.Rand) {
 	k.nHostileHTTP.Add(1)
-	conn, err := dialTCPFrom("", k.s.addr)
+	conn, err := testkit.Dial("", k.s.HTTPAddr(), testkit.ReuseAddr())
 	if err != nil {
 		k.violate("hostile HTTP: dial: %v", err)
 		return
@@ -1023,13 +1175,13 @@ func (k *soak) hostileHTTP(rng *rand.Rand) {
 	case 0:
 		send, want = "\x16\x03\x01"+string(junk)+"\n", 400
 	case 1:
-		send, want = "GET "+basePath+" HTTP/1.1\r\nX-Pad: "+strings.Repeat("x", 9000)+"\r\n\r\n", 431
+		send, want = "GET "+testkit.BasePath+" HTTP/1.1\r\nX-Pad: "+strings.Repeat("x", 9000)+"\r\n\r\n", 431
 	case 2:
-		send = "GET " + basePath + "/healthz HTTP/1.1\r\nHost: partial\r\n" // never finished: the deadline closes it
+		send = "GET " + testkit.BasePath + "/healthz HTTP/1.1\r\nHost: partial\r\n" // never finished: the deadline closes it
 	case 3:
 		send = strings.ReplaceAll(string(junk), "\n", "") // no line at all
 	case 4:
-		send, want = "GET "+basePath+"/tcp_dispatch?port=1&accept=127.0.0.1 HTTP/1.1\r\nAuthorization: Bearer wrong\r\nUpgrade: websocket\r\n\r\n", 401
+		send, want = "GET "+testkit.BasePath+"/tcp_dispatch?port=1&accept=127.0.0.1 HTTP/1.1\r\nAuthorization: Bearer wrong\r\nUpgrade: websocket\r\n\r\n", 401
 	case 5:
 		send, want = "BREW /coffee HTTP/1.1\r\n\r\n", 404
 	}
@@ -1037,12 +1189,12 @@ func (k *soak) hostileHTTP(rng *rand.Rand) {
 		return // closed already: fine
 	}
 	got, err := io.ReadAll(conn)
-	if err != nil && !isConnGone(err) {
-		k.violate("hostile HTTP (%q…): not closed: %v", abbreviate([]byte(send)), err)
+	if err != nil && !testkit.IsConnGone(err) {
+		k.violate("hostile HTTP (%q…): not closed: %v", testkit.Abbreviate([]byte(send)), err)
 		return
 	}
 	if want != 0 && !bytes.HasPrefix(got, fmt.Appendf(nil, "HTTP/1.1 %d ", want)) {
-		k.violate("hostile HTTP (%q…): answered %q, want %d", abbreviate([]byte(send)), abbreviate(got), want)
+		k.violate("hostile HTTP (%q…): answered %q, want %d", testkit.Abbreviate([]byte(send)), testkit.Abbreviate(got), want)
 	}
 }
 
@@ -1059,7 +1211,7 @@ func (k *soak) awaitUDPAnchors(anchors []*soakDriver) {
 	}
 	k.mu.Unlock()
 	for _, a := range anchors {
-		if a.kind != "udp" {
+		if !a.ch.udp() {
 			continue
 		}
 		missing := func() (n int64, from *soakSender) {
@@ -1067,7 +1219,7 @@ func (k *soak) awaitUDPAnchors(anchors []*soakDriver) {
 			defer a.mu.Unlock()
 			for _, snd := range senders {
 				ip, _ := netip.ParseAddr(snd.ip)
-				if snd.port != a.port || !a.accept.contains(ip) {
+				if snd.port != a.ch.udpPort || !a.accept.contains(ip) {
 					continue
 				}
 				if m := snd.sent.Load() - a.udpSeen[snd.uid]; m > 0 {
@@ -1077,16 +1229,16 @@ func (k *soak) awaitUDPAnchors(anchors []*soakDriver) {
 			}
 			return n, from
 		}
-		if pollCond(eventTimeout, func() bool { n, _ := missing(); return n == 0 }) {
+		if testkit.Poll(testkit.EventTimeout, func() bool { n, _ := missing(); return n == 0 }) {
 			continue
 		}
 		n, snd := missing()
-		if drops := udpSocketDrops(a.port); drops > 0 {
-			k.t.Logf("anchor on udp/%d: %d datagrams missing; the kernel dropped %d on the server's socket (not the server's doing)", a.port, n, drops)
+		if drops := udpSocketDrops(a.ch.udpPort); drops > 0 {
+			k.t.Logf("anchor on %s: %d datagrams missing; the kernel dropped %d on the server's socket (not the server's doing)", a.ch, n, drops)
 			continue
 		}
-		k.violate("anchor on udp/%d: %d datagrams never delivered (e.g. from %s:%d, sent %d); no socket drops to explain it",
-			a.port, n, snd.ip, snd.srcPort, snd.sent.Load())
+		k.violate("anchor on %s: %d datagrams never delivered (e.g. from %s:%d, sent %d); no socket drops to explain it",
+			a.ch, n, snd.ip, snd.srcPort, snd.sent.Load())
 	}
 }
 
@@ -1121,44 +1273,48 @@ func (k *soak) verify(metrics string) {
 	checkedStreams, fullLifetime := 0, 0
 	for _, d := range drivers {
 		d.mu.Lock()
-		// A CLOSED stream of a device that finished cleanly ends at its end.
+		// A CLOSED stream of a producer that finished cleanly ends at its end.
 		for key, st := range d.keys {
 			if st.dev == nil || st.dev.uid == 0 {
 				continue
 			}
 			checkedStreams++
-			if st.closed && st.dev.finished.Load() && st.dev.clean && k.anchored[portKey("tcp", d.port)] && st.next != st.dev.total {
-				k.violate("%s: %s id %d closed after %d of the device's %d bytes (from offset %d)",
+			if st.closed && st.dev.finished.Load() && st.dev.clean && d.ch.anchored && st.next != st.dev.total {
+				k.violate("%s: %s id %d closed after %d of the producer's %d bytes (from offset %d)",
 					d.where(), key.ip, key.id, st.next, st.dev.total, st.start)
 			}
 		}
-		// Anchors hear every admitted device, ids 0, 1, 2… in order.
-		if d.anchor && d.kind == "tcp" {
+		// Anchors hear every admitted producer: on a dispatch port ids 0,
+		// 1, 2… in order (refused peers consume no id, ids never repeat);
+		// on a group ids that grow (unique per server).
+		if d.anchor && !d.ch.udp() {
+			ids := &channel{}
 			for i, id := range d.opened {
-				if id != uint64(i) {
-					k.violate("%s: OPENED ids %v…: want 0, 1, 2… (refused peers consume no id, ids never repeat)", d.where(), d.opened[:min(len(d.opened), i+3)])
+				if err := d.ch.kind.checkID(ids, id); err != nil {
+					k.violate("%s: OPENED ids %v…: %v", d.where(), d.opened[:min(len(d.opened), i+3)], err)
 					break
 				}
 			}
 		}
 		d.mu.Unlock()
 	}
-	// Every driver registered before a device dialled and still there after
-	// its close heard all of it, OPENED to CLOSED (anchored ports: there the
-	// server never cuts a device short). Devices are indexed per port by
-	// dial time, so each driver only looks at those dialled in its lifetime.
-	byPort := map[int][]*soakDevice{}
+	// Every driver attached before a producer connected and still attached
+	// after its close heard all of it, OPENED to CLOSED (anchored channels:
+	// there the server never cuts a producer short). Producers are indexed
+	// per channel by dial time, so each driver only looks at those dialled
+	// in its lifetime.
+	byChannel := map[*soakChannel][]*soakDevice{}
 	for _, dv := range devices {
-		if dv.finished.Load() && dv.clean && k.anchored[portKey("tcp", dv.port)] {
-			byPort[dv.port] = append(byPort[dv.port], dv)
+		if dv.finished.Load() && dv.clean && dv.ch.anchored {
+			byChannel[dv.ch] = append(byChannel[dv.ch], dv)
 		}
 	}
-	for _, list := range byPort {
+	for _, list := range byChannel {
 		slices.SortFunc(list, func(a, b *soakDevice) int { return a.tDial.Compare(b.tDial) })
 	}
 	for _, d := range drivers {
-		list := byPort[d.port]
-		if d.kind != "tcp" || d.expectClose == 0 || !d.gotCloseOK || len(list) == 0 {
+		list := byChannel[d.ch]
+		if d.ch.udp() || d.expectClose == 0 || !d.gotCloseOK || len(list) == 0 {
 			continue
 		}
 		d.mu.Lock()
@@ -1179,16 +1335,19 @@ func (k *soak) verify(metrics string) {
 			fullLifetime++
 			switch found := heard[dv]; {
 			case found == nil:
-				k.violate("%s heard nothing of device %s (uid %x, %d bytes), which lived entirely within its session", d.where(), dv.ip, dv.uid, dv.total)
+				k.violate("%s heard nothing of producer %s (uid %x, %d bytes), which lived entirely within its session", d.where(), dv.ip, dv.uid, dv.total)
 			case !found.opened || !found.closed || found.start != 0 || found.next != dv.total:
-				k.violate("%s heard device %s (uid %x) incompletely: OPENED %v, CLOSED %v, bytes %d–%d of %d",
+				k.violate("%s heard producer %s (uid %x) incompletely: OPENED %v, CLOSED %v, bytes %d–%d of %d",
 					d.where(), dv.ip, dv.uid, found.opened, found.closed, found.start, found.next, dv.total)
 			}
 		}
 	}
-	t.Logf("checked %d client streams; %d (driver, device) pairs where the driver outlived the device got the whole stream", checkedStreams, fullLifetime)
+	t.Logf("checked %d producer streams; %d (driver, producer) pairs where the driver outlived the producer got the whole stream", checkedStreams, fullLifetime)
 	if fullLifetime == 0 {
-		t.Errorf("no driver outlived a device: the soak proved nothing about complete delivery")
+		t.Errorf("no driver outlived a producer: the soak proved nothing about complete delivery")
+	}
+	if k.kind.producersHear() {
+		k.verifyMembers(devices, metrics)
 	}
 
 	k.vmu.Lock()
@@ -1196,88 +1355,92 @@ func (k *soak) verify(metrics string) {
 	if k.nViolation > 0 {
 		t.Errorf("%d violations; the first %d:\n  %s", k.nViolation, len(k.violations), strings.Join(k.violations, "\n  "))
 	}
-	expectMetricAtLeast(t, metrics, 1, "dispatch_parse_errors_total", "kind", "websocket_protocol")
+	testkit.ExpectMetricAtLeast(t, metrics, 1, "dispatch_parse_errors_total", "kind", "websocket_protocol")
 }
 
 // ---------------------------------------------------------------------------
 // 7. SIGTERM under load.
 
 func TestShutdownUnderLoadSends1001ToEveryDriverAndExits0(t *testing.T) {
-	t.Parallel()
-	for _, c := range []struct {
-		name   string
-		rcvbuf int // 0: the kernel's default
-	}{
-		{"drivers keeping up", 0},
-		{"drivers with data in flight", 8 << 10},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			shutdownUnderLoad(t, c.rcvbuf)
-		})
-	}
+	forEachKind(t, func(t *testing.T, k channelKind) {
+		for _, c := range []struct {
+			name   string
+			rcvbuf int // 0: the kernel's default
+		}{
+			{"drivers keeping up", 0},
+			{"drivers with data in flight", 8 << 10},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				t.Parallel()
+				shutdownUnderLoad(t, k, c.rcvbuf)
+			})
+		}
+	})
 }
 
-func shutdownUnderLoad(t *testing.T, rcvbuf int) {
+func shutdownUnderLoad(t *testing.T, k channelKind, rcvbuf int) {
 	const (
-		ports            = 2
-		driversPerPort   = 3
-		devicesPerPort   = 3
-		perDevice        = 4 << 20 // 12 MiB per port: under the 16 MiB bound, so nobody is cut as slow
-		startAfterBytes  = 512 << 10
-		shutdownDeadline = shutdownTimeout
+		channels           = 2
+		driversPerChannel  = 3
+		producerPerChannel = 3
+		perProducer        = 4 << 20 // 12 MiB per channel: under the 16 MiB bound, so nobody is cut as slow
+		startAfterBytes    = 512 << 10
+		shutdownDeadline   = testkit.ShutdownTimeout
 	)
-	s := startRobustServer(t, "LOG_LEVEL=info")
+	s := startRobustServer(t, k, "LOG_LEVEL=info")
 	type reader struct {
-		d        *driver
+		d        *testkit.Driver
 		bytes    atomic.Int64
 		code     ws.StatusCode
 		gotClose bool
 		err      error
 		done     chan struct{}
 	}
+	var opts []testkit.DialOption
+	if rcvbuf > 0 {
+		opts = append(opts, testkit.ReceiveBuffer(rcvbuf))
+	}
 	var readers []*reader
-	var devices []*net.TCPConn
-	bc := newBroadcaster()
-	for range ports {
-		port := freeTCPPort(t)
-		for range driversPerPort {
-			var d *driver
-			var err error
-			if rcvbuf == 0 {
-				d, err = s.dialDriver(t, dispatchTarget(basePath, "tcp", port, localhost), s.driverHeader())
-			} else {
-				d, err = dialDriverWithRcvbuf(t, s, dispatchTarget(basePath, "tcp", port, localhost), rcvbuf)
-			}
+	var producers []*net.TCPConn
+	bc := testkit.NewBroadcaster()
+	for range channels {
+		first, ch := k.open(t, s, testkit.Localhost, opts...)
+		readers = append(readers, &reader{d: first, done: make(chan struct{})})
+		for range driversPerChannel - 1 {
+			d, err := testkit.DialDriver(t, s, k.target(ch, testkit.Localhost), testkit.DriverHeader(s), opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
 			readers = append(readers, &reader{d: d, done: make(chan struct{})})
 		}
-		for range devicesPerPort {
-			devices = append(devices, dialDevice(t, localhost, port))
+		for range producerPerChannel {
+			c := connect(t, s, k, ch, testkit.Localhost)
+			if k.producersHear() {
+				go func() { _, _ = io.Copy(io.Discard, c) }() // what the other members send
+			}
+			producers = append(producers, c)
 		}
 	}
 	for _, r := range readers {
 		go func() {
 			defer close(r.done)
-			defer bc.notify()
-			code, _, err := readToCloseCounting(r.d, 30*time.Second, &r.bytes, bc)
+			defer bc.Notify()
+			code, _, err := r.d.ReadToClose(30*time.Second, func(n int64) { r.bytes.Add(n); bc.Notify() })
 			r.code, r.gotClose, r.err = code, err == nil, err
 		}()
 	}
-	// Devices stream as fast as they can.
-	for i, c := range devices {
+	// Producers stream as fast as they can.
+	for i, c := range producers {
 		go func() {
-			for off := int64(0); off < perDevice; off += 64 << 10 {
+			for off := int64(0); off < perProducer; off += 64 << 10 {
 				_ = c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-				if _, err := c.Write(streamPattern(i, off, 64<<10)); err != nil {
+				if _, err := c.Write(testkit.StreamPattern(i, off, 64<<10)); err != nil {
 					return // the server closed us: shutting down
 				}
 			}
 		}()
 	}
-	if !bc.waitUntil(30*time.Second, func() bool {
+	if !bc.WaitUntil(30*time.Second, func() bool {
 		for _, r := range readers {
 			if r.bytes.Load() < startAfterBytes {
 				select {
@@ -1301,24 +1464,24 @@ func shutdownUnderLoad(t *testing.T, rcvbuf int) {
 	}
 
 	sigterm := time.Now()
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := s.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-s.exited:
+	case <-s.Exited():
 	case <-time.After(shutdownDeadline):
 		t.Fatalf("still running %v after SIGTERM", shutdownDeadline)
 	}
 	took := time.Since(sigterm)
-	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := s.ExitCode(); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
 	missing := 0
 	for i, r := range readers {
 		select {
 		case <-r.done:
-		case <-time.After(eventTimeout):
-			t.Fatalf("driver %d: still reading %v after the server exited", i, eventTimeout)
+		case <-time.After(testkit.EventTimeout):
+			t.Fatalf("driver %d: still reading %v after the server exited", i, testkit.EventTimeout)
 		}
 		if !r.gotClose {
 			missing++
@@ -1328,38 +1491,4 @@ func shutdownUnderLoad(t *testing.T, rcvbuf int) {
 		}
 	}
 	t.Logf("exited %v after SIGTERM; %d of %d drivers got close 1001", took.Round(time.Millisecond), len(readers)-missing, len(readers))
-}
-
-// readToCloseCounting is readToClose that counts data bytes as they arrive.
-func readToCloseCounting(d *driver, idle time.Duration, count *atomic.Int64, bc *broadcaster) (ws.StatusCode, int64, error) {
-	var data int64
-	buf := make([]byte, 64<<10)
-	for {
-		_ = d.conn.SetReadDeadline(time.Now().Add(idle))
-		h, err := ws.ReadHeader(d.r)
-		if err != nil {
-			return 0, data, err
-		}
-		if h.OpCode != ws.OpClose {
-			for left := h.Length; left > 0; {
-				n, err := d.r.Read(buf[:min(int64(len(buf)), left)])
-				left -= int64(n)
-				data += int64(n)
-				count.Add(int64(n))
-				if err != nil {
-					return 0, data, fmt.Errorf("inside a %d-byte frame: %w", h.Length, err)
-				}
-			}
-			bc.notify()
-			continue
-		}
-		payload := make([]byte, h.Length)
-		if _, err := io.ReadFull(d.r, payload); err != nil {
-			return 0, data, err
-		}
-		if len(payload) < 2 {
-			return ws.StatusNoStatusRcvd, data, nil
-		}
-		return ws.StatusCode(binary.BigEndian.Uint16(payload)), data, nil
-	}
 }
