@@ -121,13 +121,13 @@ type Endpoint struct {
 	dropped  uint64
 
 	// Flow control (flow.go).
-	member       *Member   // the member this endpoint's connection reads for, if any
-	blocked      bool      // unsent bytes passed the high watermark and have not yet fallen below the low one
-	paused       bool      // not being read: something it feeds is blocked
-	progressAt   time.Time // blocked: when it last drained anything
-	lastBuffered int       // blocked: gnet's unsent bytes at the last check
-	handed       int       // blocked: bytes handed to gnet since the last check
-	pausedAt     time.Time
+	member     *Member   // the member this endpoint's connection reads for, if any
+	blocked    bool      // unsent bytes passed the high watermark and have not yet fallen below the low one
+	paused     bool      // not being read: something it feeds is blocked
+	progressAt time.Time // blocked: when it last drained anything
+	lastUnsent int       // blocked: unsent bytes (gnet's and the kernel's) at the last check
+	handed     int       // blocked: bytes handed to gnet since the last check
+	pausedAt   time.Time
 }
 
 // transport is how an endpoint ends: a close frame, or just a close.

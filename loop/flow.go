@@ -3,6 +3,8 @@ package loop
 import (
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/placeos-gnet/dispatch/internal/readpause"
 )
 
@@ -71,7 +73,7 @@ func (e *Endpoint) afterWrite(handed int) {
 func (e *Endpoint) block() {
 	h := e.hub
 	e.blocked = true
-	e.lastBuffered = e.conn.OutboundBuffered()
+	e.lastUnsent = e.conn.OutboundBuffered() + e.kernelUnsent()
 	e.handed = 0
 	e.progressAt = h.now
 	e.class.Blocked++
@@ -88,6 +90,18 @@ func (e *Endpoint) unblock() {
 	if m := e.member; m != nil && m.ch != nil && e.onFull == PauseWhenFull {
 		m.ch.blockedMembers--
 	}
+}
+
+// kernelUnsent is what the kernel still holds in the socket's send queue:
+// gnet writes its own buffer only when the socket has room for a third of
+// its send buffer, so a slow reader drains the kernel's queue long before
+// gnet's buffer moves, and progress must be judged on both.
+func (e *Endpoint) kernelUnsent() int {
+	n, err := unix.IoctlGetInt(e.conn.Fd(), unix.SIOCOUTQ)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // feedsBlocked reports whether a member's events would reach a blocked
@@ -182,10 +196,11 @@ func (h *Hub) flowCheck() {
 			continue
 		}
 		buffered := e.conn.OutboundBuffered()
-		if e.lastBuffered+e.handed > buffered {
+		unsent := buffered + e.kernelUnsent()
+		if e.lastUnsent+e.handed > unsent {
 			e.progressAt, progressed = h.now, true
 		}
-		e.lastBuffered, e.handed = buffered, 0
+		e.lastUnsent, e.handed = unsent, 0
 		_, low := e.watermarks()
 		switch {
 		case buffered <= low:
