@@ -138,6 +138,7 @@ func (ch *Channel) Publish(t EventType, m *Member, text bool, data []byte) (reac
 		return 0
 	}
 	h.enc.next()
+	h.co.events++
 	h.ev = Event{Type: t, Member: m, Text: text, Data: data}
 	ev := &h.ev
 	if ch.Policy.ToUpstreams {

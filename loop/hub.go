@@ -65,6 +65,7 @@ type Hub struct {
 	blocked []*Endpoint // endpoints past their high watermark
 	paused  []*Endpoint // producers not being read
 
+	co        coalescer // naps that batch reads at everyday load
 	out       outbox
 	flushTask gnet.Runnable
 	enc       encodings     // the current event's encodings, one per format
@@ -95,11 +96,13 @@ func newHub(s *Server) *Hub {
 		lingering:       make(map[*WSConn]time.Time),
 		handshakes:      make(map[*httpConn]gnet.Conn),
 		now:             time.Now(),
+		co:              coalescer{budget: s.cfg.CoalesceBudget, windowStart: time.Now()},
 	}
 	h.flushTask = gnet.RunnableFunc(func(context.Context) error {
 		h.out.scheduled = false
 		h.c.Passes++
 		h.flush()
+		h.napAfterPass()
 		return nil
 	})
 	return h

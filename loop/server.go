@@ -33,6 +33,7 @@ type Config struct {
 	LowWater         int           // unsent bytes below which it unblocks them
 	StallTimeout     time.Duration // a blocked endpoint that drains nothing this long is cut
 	PeerReadBuffer   int           // SO_RCVBUF of raw TCP peers (0: the kernel's autotuning)
+	CoalesceBudget   time.Duration // longest nap of a lightly loaded loop, batching reads (0: never nap)
 
 	Logger *slog.Logger
 }
@@ -69,6 +70,8 @@ func (cfg *Config) check() error {
 		return errors.New("stall timeout must be positive")
 	case cfg.PeerReadBuffer < 0:
 		return errors.New("peer read buffer must not be negative")
+	case cfg.CoalesceBudget < 0 || cfg.CoalesceBudget > 10*time.Millisecond:
+		return errors.New("coalesce budget must be in 0-10ms")
 	}
 	return nil
 }

@@ -53,6 +53,7 @@ var (
 	handshakesPending = NewGauge("handshakes_pending", "Connections still sending their request head.")
 	acceptErrors      = NewCounter("accept_errors_total", "Failed accepts (e.g. out of file descriptors); accepting backs off and retries.")
 	loopPasses        = NewCounter("loop_passes_total", "Event loop passes that ended with output to write.")
+	loopNaps          = NewCounter("loop_naps_total", "Naps of a lightly loaded loop after a pass, so that reads arriving meanwhile share the next pass's writes.")
 	loopLag           = prometheus.NewDesc(Namespace+"_loop_lag_seconds",
 		"Time work posted to the event loop waited before it ran (about one loop pass).", nil, nil)
 
@@ -116,6 +117,7 @@ func (s *Snapshot) coreSamples() []Sample {
 		S(handshakesPending, float64(s.Handshakes)),
 		S(acceptErrors, float64(s.AcceptErrors)),
 		S(loopPasses, float64(s.Passes)),
+		S(loopNaps, float64(s.Naps)),
 	}
 	for _, k := range s.Kinds {
 		out = append(out, S(channels, float64(k.Open), k.Kind), S(channelsRefused, float64(k.Refused), k.Kind))

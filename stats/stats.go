@@ -26,6 +26,7 @@ type Core struct {
 	HeadTooLarge      uint64
 	AcceptErrors      uint64 // failed accepts or hand-overs to the loop (counted off the loop)
 	Passes            uint64 // loop passes that ended with output to write
+	Naps              uint64 // naps of a lightly loaded loop, batching reads
 	Writes            uint64 // write and writev calls to endpoints
 }
 
