@@ -13,6 +13,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/placeos-gnet/dispatch/internal/testkit"
 	"github.com/placeos-gnet/dispatch/stats"
 )
 
@@ -70,7 +71,7 @@ func TestListenerSortsUpgradesFromOtherRequests(t *testing.T) {
 		}
 	}
 
-	conn, _, _, err := ws.Dialer{Timeout: eventTimeout}.Dial(context.Background(), "ws://"+base+"/api/room/lobby")
+	conn, _, _, err := ws.Dialer{Timeout: testkit.EventTimeout}.Dial(context.Background(), "ws://"+base+"/api/room/lobby")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +79,7 @@ func TestListenerSortsUpgradesFromOtherRequests(t *testing.T) {
 	if err := wsutil.WriteClientText(conn, []byte(`{"hello":1}`)); err != nil {
 		t.Fatal(err)
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(eventTimeout))
+	_ = conn.SetReadDeadline(time.Now().Add(testkit.EventTimeout))
 	msg, op, err := wsutil.ReadServerData(conn)
 	if err != nil || op != ws.OpText || string(msg) != `{"hello":1}` {
 		t.Fatalf("echo: %q %v %v", msg, op, err)
@@ -93,7 +94,7 @@ func TestListenerSortsUpgradesFromOtherRequests(t *testing.T) {
 	_, _ = io.WriteString(raw, "GET /split HTTP/1.1\r\nHo")
 	time.Sleep(20 * time.Millisecond) // let the first piece be looked at alone
 	_, _ = io.WriteString(raw, "st: x\r\nConnection: close\r\n\r\n")
-	_ = raw.SetReadDeadline(time.Now().Add(eventTimeout))
+	_ = raw.SetReadDeadline(time.Now().Add(testkit.EventTimeout))
 	answer, _ := io.ReadAll(raw)
 	if !strings.Contains(string(answer), "off the loop: /split") {
 		t.Fatalf("split head: %q", answer)

@@ -8,9 +8,9 @@ import (
 	"net/http"
 	"testing"
 	"time"
-)
 
-const eventTimeout = 5 * time.Second
+	"github.com/placeos-gnet/dispatch/internal/testkit"
+)
 
 // pingPath is the test server's only route: it answers 200 with no body.
 const pingPath = "/ping"
@@ -43,22 +43,10 @@ func testServer(t *testing.T, tweak func(*Config)) *Server {
 	return s
 }
 
-// eventually polls cond until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, timeout)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
-
 // dialIdle opens a connection that never sends a request head.
 func dialIdle(t *testing.T, s *Server) net.Conn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", s.Addr().String(), eventTimeout)
+	c, err := net.DialTimeout("tcp", s.Addr().String(), testkit.EventTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +57,7 @@ func dialIdle(t *testing.T, s *Server) net.Conn {
 // expectRefused checks the server closed the connection without answering.
 func expectRefused(t *testing.T, c net.Conn) {
 	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(eventTimeout))
+	_ = c.SetReadDeadline(time.Now().Add(testkit.EventTimeout))
 	if n, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("connection over the cap: read %d bytes, %v; want EOF", n, err)
 	}
@@ -84,7 +72,7 @@ func TestPendingHandshakesAreCapped(t *testing.T) {
 	// order, so this one arrives with both slots taken.
 	expectRefused(t, dialIdle(t, s))
 	idle[0].Close()
-	eventually(t, eventTimeout, "requests served again", func() bool {
+	testkit.Eventually(t, testkit.EventTimeout, "requests served again", func() bool {
 		resp, err := http.Get("http://" + s.Addr().String() + pingPath)
 		if err != nil {
 			return false
@@ -92,7 +80,7 @@ func TestPendingHandshakesAreCapped(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	eventually(t, eventTimeout, "refusal published", func() bool { return s.Snapshot().HandshakesRefused >= 1 })
+	testkit.Eventually(t, testkit.EventTimeout, "refusal published", func() bool { return s.Snapshot().HandshakesRefused >= 1 })
 }
 
 // The published snapshot counts every connection refused for the cap, and
@@ -104,7 +92,7 @@ func TestSnapshotCountsRefusedHandshakes(t *testing.T) {
 	for range refused {
 		expectRefused(t, dialIdle(t, s))
 	}
-	eventually(t, eventTimeout, "refusals published", func() bool {
+	testkit.Eventually(t, testkit.EventTimeout, "refusals published", func() bool {
 		snap := s.Snapshot()
 		return snap.HandshakesRefused == refused && snap.Handshakes == 1
 	})

@@ -1,16 +1,17 @@
 // Package inproc runs the server inside a test's own process: the core on
 // loopback with the dispatch and socket-group kinds registered as
 // cmd/dispatch registers them, so that tests of the kinds talk to it over
-// real sockets.
+// real sockets. A started Server is a testkit.Server: every helper of the
+// kit works against it as against the binary.
 package inproc
 
 import (
 	"context"
-	"io"
 	"log/slog"
+	"net"
 	"testing"
-	"time"
 
+	"github.com/placeos-gnet/dispatch/internal/testkit"
 	"github.com/placeos-gnet/dispatch/loop"
 	"github.com/placeos-gnet/dispatch/loop/dispatch"
 	"github.com/placeos-gnet/dispatch/loop/driver"
@@ -34,15 +35,22 @@ type Server struct {
 	*loop.Server
 	Dispatch *dispatch.Kind
 	Groups   *groups.Kind
+	tb       testing.TB
+	logs     *testkit.LogBuffer
 }
 
+var _ testkit.Server = (*Server)(nil)
+
 // Start builds a server with HTTP on 127.0.0.1:0 and device ports on
-// 127.0.0.1, starts it, and shuts it down when the test ends.
+// 127.0.0.1, logging at debug level into a bounded buffer, and starts it.
+// It is stopped when the test ends, and its log tail printed if the test
+// failed.
 func Start(t testing.TB, o Options) *Server {
 	t.Helper()
+	logs := testkit.NewLogBuffer()
 	core := loop.DefaultConfig()
 	core.HTTPAddr = "127.0.0.1:0"
-	core.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	core.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if o.Core != nil {
 		o.Core(&core)
 	}
@@ -59,7 +67,7 @@ func Start(t testing.TB, o Options) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{Server: s}
+	srv := &Server{Server: s, tb: t, logs: logs}
 	if srv.Dispatch, err = dispatch.Register(s, dcfg, drv); err != nil {
 		t.Fatal(err)
 	}
@@ -70,11 +78,34 @@ func Start(t testing.TB, o Options) *Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
+		srv.Stop()
+		if t.Failed() {
+			t.Logf("server logs:\n%s", logs.Tail(testkit.FailureLogBytes))
 		}
 	})
 	return srv
+}
+
+func (s *Server) HTTPAddr() string     { return s.Addr().String() }
+func (s *Server) GroupTCPAddr() string { return addrString(s.Groups.TCPAddr()) }
+func (s *Server) GroupUDPAddr() string { return addrString(s.Groups.UDPAddr()) }
+func (s *Server) Secret() string       { return Secret }
+func (s *Server) Logs() string         { return s.logs.String() }
+
+// Stop shuts the server down within testkit.ShutdownTimeout, failing the
+// test if it cannot; calling it again does nothing.
+func (s *Server) Stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), testkit.ShutdownTimeout)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		s.tb.Errorf("shutdown: %v", err)
+	}
+}
+
+// addrString is a listener's address, or "" when it is off.
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }

@@ -5,9 +5,10 @@
 // answers, stats documents and Prometheus metrics, and waits for events with
 // one polling primitive (Poll, Eventually).
 //
-// Tests get the server through the Server interface, so that an in-process
-// server can be offered beside the process later without changing them.
-// A test package using the kit must run its tests through Main.
+// Tests get the server through the Server interface: the binary as a
+// Process, or the server inside the test process (internal/inproc), and
+// every helper works against either. A test package that launches the
+// binary must run its tests through Main.
 package testkit
 
 import "time"
@@ -28,4 +29,7 @@ const (
 	StartTimeout = 10 * time.Second
 	// ShutdownTimeout is how long a SIGTERM may take (docs/interface.md).
 	ShutdownTimeout = 5 * time.Second
+
+	// FailureLogBytes is how much of a server's log tail a failed test prints.
+	FailureLogBytes = 16 << 10
 )

@@ -60,12 +60,19 @@ func RegisterUDPMember(tb testing.TB, s Server, peer *net.UDPConn) {
 	SendDatagram(tb, peer, GroupUDPPort(tb, s), []byte(GroupPrefix+strconv.FormatUint(UDPPort(peer), 10)))
 }
 
-// GroupsDocument fetches GET …/groups with the token.
+// GroupsDocument fetches GET <BasePath>/groups with the token.
 func GroupsDocument(tb testing.TB, s Server) string {
 	tb.Helper()
-	r := Get(tb, s, BasePath+"/groups", BearerHeader(s))
+	return GroupsDocumentAt(tb, s, BasePath)
+}
+
+// GroupsDocumentAt fetches GET <base>/groups with the token, base being
+// BasePath or LegacyBasePath.
+func GroupsDocumentAt(tb testing.TB, s Server, base string) string {
+	tb.Helper()
+	r := Get(tb, s, base+"/groups", BearerHeader(s))
 	if r.Status != http.StatusOK || r.ContentType != "application/json" {
-		tb.Fatalf("groups: %d %s %q", r.Status, r.ContentType, r.Body)
+		tb.Fatalf("groups at %s: %d %s %q", base, r.Status, r.ContentType, r.Body)
 	}
 	return r.Body
 }
@@ -76,16 +83,23 @@ type GroupCounts struct {
 	Upstreams int `json:"upstreams"`
 }
 
-// GroupCountsOf reads the counts of group id of proto ("tcp" or "udp"); a
-// group the document does not list has none.
-func GroupCountsOf(tb testing.TB, s Server, proto, id string) GroupCounts {
+// GroupsOf reads the groups of proto ("tcp" or "udp") from the groups
+// document, by id.
+func GroupsOf(tb testing.TB, s Server, proto string) map[string]GroupCounts {
 	tb.Helper()
 	body := GroupsDocument(tb, s)
 	var doc map[string]map[string]GroupCounts
 	if err := json.Unmarshal([]byte(body), &doc); err != nil {
 		tb.Fatalf("groups document %q: %v", body, err)
 	}
-	return doc[proto][id]
+	return doc[proto]
+}
+
+// GroupCountsOf reads the counts of group id of proto ("tcp" or "udp"); a
+// group the document does not list has none.
+func GroupCountsOf(tb testing.TB, s Server, proto, id string) GroupCounts {
+	tb.Helper()
+	return GroupsOf(tb, s, proto)[id]
 }
 
 // WaitGroupMembers polls the groups document until the group has n members.

@@ -10,7 +10,7 @@ import (
 	"sync"
 )
 
-// Bounds of what a logBuffer keeps: the first lines (the configuration and
+// Bounds of what a LogBuffer keeps: the first lines (the configuration and
 // the listening lines) and the most recent ones. A server that logs without
 // end cannot exhaust the test's memory; the tests' servers log far less.
 const (
@@ -21,11 +21,11 @@ const (
 	logLineMax = 64 << 10
 )
 
-// logBuffer collects a process's output, bounded, and picks out the lines
-// that announce listeners: the ready line (msg=listening addr=…), the
-// socket-group listeners and the metrics listener, in the text or the JSON
-// log format.
-type logBuffer struct {
+// LogBuffer collects a server's log output, bounded, so that a failing test
+// can print it. For a Process it also picks out the lines that announce
+// listeners: the ready line (msg=listening addr=…), the socket-group
+// listeners and the metrics listener, in the text or the JSON log format.
+type LogBuffer struct {
 	mu      sync.Mutex
 	headMax int // logHeadBytes, but for tests of the bound itself
 	tailMax int // logTailBytes, likewise
@@ -39,11 +39,11 @@ type logBuffer struct {
 	metrics string
 }
 
-func newLogBuffer() *logBuffer {
-	return &logBuffer{headMax: logHeadBytes, tailMax: logTailBytes, ready: make(chan string, 1), groups: map[string]string{}}
+func NewLogBuffer() *LogBuffer {
+	return &LogBuffer{headMax: logHeadBytes, tailMax: logTailBytes, ready: make(chan string, 1), groups: map[string]string{}}
 }
 
-func (l *logBuffer) Write(p []byte) (int, error) {
+func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.store(p)
@@ -65,7 +65,7 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (l *logBuffer) store(p []byte) {
+func (l *LogBuffer) store(p []byte) {
 	if room := l.headMax - len(l.head); room > 0 {
 		n := min(room, len(p))
 		l.head = append(l.head, p[:n]...)
@@ -84,7 +84,7 @@ func (l *logBuffer) store(p []byte) {
 	}
 }
 
-func (l *logBuffer) parse(line []byte) {
+func (l *LogBuffer) parse(line []byte) {
 	if len(line) > logLineMax || !bytes.Contains(line, []byte("listening")) {
 		return // only listener lines are events; most lines are not
 	}
@@ -136,26 +136,35 @@ func logField(line []byte, key string) string {
 	return ""
 }
 
-func (l *logBuffer) groupAddr(proto string) string {
+func (l *LogBuffer) groupAddr(proto string) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.groups[proto]
 }
 
-func (l *logBuffer) metricsAddr() string {
+func (l *LogBuffer) metricsAddr() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.metrics
 }
 
 // String is everything kept, with a marker where lines were dropped.
-func (l *logBuffer) String() string {
+func (l *LogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.dropped == 0 {
 		return string(l.head) + string(l.tail)
 	}
 	return fmt.Sprintf("%s\n… %d bytes of log dropped …\n%s", l.head, l.dropped, l.tail)
+}
+
+// Tail is the last n bytes kept, for failure messages.
+func (l *LogBuffer) Tail(n int) string {
+	s := l.String()
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
 }
 
 // CountLines counts the lines of logs that contain substr.

@@ -21,7 +21,7 @@ func TestLogBufferFindsListenersInTextAndJSONLines(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			l := newLogBuffer()
+			l := NewLogBuffer()
 			// Written in pieces that cut lines anywhere.
 			all := strings.Join(lines, "\n") + "\n"
 			for len(all) > 0 {
@@ -45,7 +45,7 @@ func TestLogBufferFindsListenersInTextAndJSONLines(t *testing.T) {
 }
 
 func TestLogBufferIsBoundedAndKeepsHeadAndTail(t *testing.T) {
-	l := newLogBuffer()
+	l := NewLogBuffer()
 	l.headMax, l.tailMax = 1<<10, 16<<10
 	_, _ = l.Write([]byte("first line\n"))
 	line := strings.Repeat("x", 99) + "\n"

@@ -226,6 +226,15 @@ func ExpectDatagram(tb testing.TB, peer *net.UDPConn, want []byte) *net.UDPAddr 
 	return from
 }
 
+// ExpectDatagramFrom reads one datagram, which must be want and come from
+// port on the server (a dispatch port, or the UDP group's).
+func ExpectDatagramFrom(tb testing.TB, peer *net.UDPConn, port int, want []byte) {
+	tb.Helper()
+	if from := ExpectDatagram(tb, peer, want); from.Port != port {
+		tb.Fatalf("UDP peer %v: %q came from %v, want port %d", peer.LocalAddr(), Abbreviate(want), from, port)
+	}
+}
+
 // Abbreviate renders bytes for failure output, cut at 48.
 func Abbreviate(b []byte) string {
 	if len(b) > 48 {

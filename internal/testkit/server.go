@@ -17,7 +17,8 @@ import (
 
 // Server is a running dispatch server as the tests see it: where to reach
 // it, the token it wants, what it logged, and how to stop it. Process
-// implements it with the real binary.
+// implements it with the real binary, internal/inproc with the server
+// running inside the test process.
 type Server interface {
 	// HTTPAddr is the HTTP/WebSocket listener, host:port.
 	HTTPAddr() string
@@ -27,7 +28,7 @@ type Server interface {
 	GroupUDPAddr() string
 	// Secret is the token drivers must present.
 	Secret() string
-	// Logs is what the server has logged so far (bounded: see Process).
+	// Logs is what the server has logged so far (bounded: see LogBuffer).
 	Logs() string
 	// Stop shuts the server down and waits for it; calling it again does nothing.
 	Stop()
@@ -105,7 +106,7 @@ type Process struct {
 	secret   string
 	httpAddr string
 	cmd      *exec.Cmd
-	logs     *logBuffer
+	logs     *LogBuffer
 	exited   chan struct{} // closed once the process has been waited for
 	stopping atomic.Bool   // the test stopped or signalled it: an exit is expected
 }
@@ -134,7 +135,7 @@ func Launch(tb testing.TB, opts Options) *Process {
 	p := &Process{
 		tb:     tb,
 		secret: opts.Secret,
-		logs:   newLogBuffer(),
+		logs:   NewLogBuffer(),
 		exited: make(chan struct{}),
 	}
 	argv := append(append([]string{}, opts.Wrapper...), serverBinary(tb), "-p", "0")
@@ -156,7 +157,7 @@ func Launch(tb testing.TB, opts Options) *Process {
 			tb.Errorf("the server exited on its own during the test (exit code %d)", p.cmd.ProcessState.ExitCode())
 		}
 		if tb.Failed() {
-			tb.Logf("server output:\n%s", p.LogTail(16<<10))
+			tb.Logf("server output:\n%s", p.LogTail(FailureLogBytes))
 		}
 	})
 	select {
@@ -176,13 +177,7 @@ func (p *Process) Secret() string       { return p.secret }
 func (p *Process) Logs() string         { return p.logs.String() }
 
 // LogTail is the last n bytes of the logs, for failure messages.
-func (p *Process) LogTail(n int) string {
-	s := p.Logs()
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
-}
+func (p *Process) LogTail(n int) string { return p.logs.Tail(n) }
 
 // PID is the server's process id.
 func (p *Process) PID() int { return p.cmd.Process.Pid }

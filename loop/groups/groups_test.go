@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/placeos-gnet/dispatch/codec"
 	"github.com/placeos-gnet/dispatch/internal/inproc"
+	"github.com/placeos-gnet/dispatch/internal/testkit"
 	"github.com/placeos-gnet/dispatch/loop"
 	"github.com/placeos-gnet/dispatch/loop/driver"
 	"github.com/placeos-gnet/dispatch/loop/groups"
@@ -25,40 +26,42 @@ import (
 
 func TestGroupTCPMembersHearEachOtherButNotThemselves(t *testing.T) {
 	s := groupServer(t, nil)
-	a1, a2, a3 := joinMember(t, s, "alpha"), joinMember(t, s, "alpha"), joinMember(t, s, "alpha")
-	b1, b2 := joinMember(t, s, "beta"), joinMember(t, s, "beta")
-	waitMembers(t, s, "tcp", "alpha", 3)
-	waitMembers(t, s, "tcp", "beta", 2)
+	a1, a2, a3 := testkit.Join(t, s, "127.0.0.1", "alpha"),
+		testkit.Join(t, s, "127.0.0.1", "alpha"),
+		testkit.Join(t, s, "127.0.0.1", "alpha")
+	b1, b2 := testkit.Join(t, s, "127.0.0.1", "beta"), testkit.Join(t, s, "127.0.0.1", "beta")
+	testkit.WaitGroupMembers(t, s, "tcp", "alpha", 3)
+	testkit.WaitGroupMembers(t, s, "tcp", "beta", 2)
 
-	send(t, a1, "one")
-	expectRead(t, a2, "one")
-	expectRead(t, a3, "one")
-	send(t, a2, "two")
-	expectRead(t, a1, "two") // a1's first bytes: its own "one" was not echoed
-	expectRead(t, a3, "two")
+	testkit.Send(t, a1, []byte("one"))
+	testkit.ExpectReceives(t, a2, []byte("one"))
+	testkit.ExpectReceives(t, a3, []byte("one"))
+	testkit.Send(t, a2, []byte("two"))
+	testkit.ExpectReceives(t, a1, []byte("two")) // a1's first bytes: its own "one" was not echoed
+	testkit.ExpectReceives(t, a3, []byte("two"))
 
-	send(t, b1, "bee")
-	expectRead(t, b2, "bee") // nothing from alpha reached beta
-	send(t, b2, "buzz")
-	expectRead(t, b1, "buzz")
+	testkit.Send(t, b1, []byte("bee"))
+	testkit.ExpectReceives(t, b2, []byte("bee")) // nothing from alpha reached beta
+	testkit.Send(t, b2, []byte("buzz"))
+	testkit.ExpectReceives(t, b1, []byte("buzz"))
 }
 
 func TestGroupTCPBytesAfterTheJoinLineAreTheFirstPayload(t *testing.T) {
 	s := groupServer(t, nil)
-	first := joinMember(t, s, "g")
-	waitMembers(t, s, "tcp", "g", 1)
-	second := dialGroup(t, s, "127.0.0.1")
-	send(t, second, testPrefix+"g\r\nfirst payload")
-	expectRead(t, first, "first payload")
-	send(t, first, "reply")
-	expectRead(t, second, "reply")
+	first := testkit.Join(t, s, "127.0.0.1", "g")
+	testkit.WaitGroupMembers(t, s, "tcp", "g", 1)
+	second := testkit.DialMember(t, s, "127.0.0.1")
+	testkit.Send(t, second, []byte(testkit.GroupPrefix+"g\r\nfirst payload"))
+	testkit.ExpectReceives(t, first, []byte("first payload"))
+	testkit.Send(t, first, []byte("reply"))
+	testkit.ExpectReceives(t, second, []byte("reply"))
 }
 
 func TestGroupTCPStreamArrivesWholeAndInOrder(t *testing.T) {
 	s := groupServer(t, nil)
-	sender := joinMember(t, s, "stream")
-	receivers := []*net.TCPConn{joinMember(t, s, "stream"), joinMember(t, s, "stream")}
-	waitMembers(t, s, "tcp", "stream", 3)
+	sender := testkit.Join(t, s, "127.0.0.1", "stream")
+	receivers := []*net.TCPConn{testkit.Join(t, s, "127.0.0.1", "stream"), testkit.Join(t, s, "127.0.0.1", "stream")}
+	testkit.WaitGroupMembers(t, s, "tcp", "stream", 3)
 
 	stream := make([]byte, 2<<20)
 	for i := range stream {
@@ -74,24 +77,24 @@ func TestGroupTCPStreamArrivesWholeAndInOrder(t *testing.T) {
 		}
 	}()
 	for _, r := range receivers {
-		expectRead(t, r, string(stream))
+		testkit.ExpectReceives(t, r, stream)
 	}
 }
 
 func TestGroupTCPJoinWithoutNewlineCompletesAtTheDeadline(t *testing.T) {
 	s := groupServer(t, func(c *groups.Config) { c.JoinTimeout = 200 * time.Millisecond })
-	first := joinMember(t, s, "legacy")
-	waitMembers(t, s, "tcp", "legacy", 1)
+	first := testkit.Join(t, s, "127.0.0.1", "legacy")
+	testkit.WaitGroupMembers(t, s, "tcp", "legacy", 1)
 	// The original protocol: the join message is the first read, no newline.
-	second := dialGroup(t, s, "127.0.0.1")
-	send(t, second, testPrefix+"legacy")
-	waitMembers(t, s, "tcp", "legacy", 2)
+	second := testkit.DialMember(t, s, "127.0.0.1")
+	testkit.Send(t, second, []byte(testkit.GroupPrefix+"legacy"))
+	testkit.WaitGroupMembers(t, s, "tcp", "legacy", 2)
 
-	send(t, first, "hi")
-	expectRead(t, second, "hi")
-	send(t, second, "later")
-	expectRead(t, first, "later")
-	eventually(t, eventTimeout, "both joins counted", func() bool { return s.Groups.Counters().Joins == 2 })
+	testkit.Send(t, first, []byte("hi"))
+	testkit.ExpectReceives(t, second, []byte("hi"))
+	testkit.Send(t, second, []byte("later"))
+	testkit.ExpectReceives(t, first, []byte("later"))
+	testkit.Eventually(t, testkit.EventTimeout, "both joins counted", func() bool { return s.Groups.Counters().Joins == 2 })
 	if c := s.Groups.Counters(); c.JoinsRefused != 0 {
 		t.Fatalf("%d joins refused", c.JoinsRefused)
 	}
@@ -105,132 +108,135 @@ func TestGroupTCPBadJoinsAreClosedAndCounted(t *testing.T) {
 	bad := map[string]string{
 		"wrong prefix":          "HELLO:group\n",
 		"not a join at all":     "GET / HTTP/1.1\r\n",
-		"id too long":           testPrefix + "123456789\n",
-		"empty id":              testPrefix + "\r\n",
-		"too long, no newline":  testPrefix + strings.Repeat("x", 100),
-		"invalid UTF-8 id":      testPrefix + "\xff\xfe\n",
-		"prefix case differs":   strings.ToLower(testPrefix) + "g\n",
-		"prefix after a space ": " " + testPrefix + "g\n",
+		"id too long":           testkit.GroupPrefix + "123456789\n",
+		"empty id":              testkit.GroupPrefix + "\r\n",
+		"too long, no newline":  testkit.GroupPrefix + strings.Repeat("x", 100),
+		"invalid UTF-8 id":      testkit.GroupPrefix + "\xff\xfe\n",
+		"prefix case differs":   strings.ToLower(testkit.GroupPrefix) + "g\n",
+		"prefix after a space ": " " + testkit.GroupPrefix + "g\n",
 	}
 	for name, first := range bad {
-		conn := dialGroup(t, s, "127.0.0.1")
-		send(t, conn, first)
-		t.Run(name, func(t *testing.T) { expectClosed(t, conn) })
+		conn := testkit.DialMember(t, s, "127.0.0.1")
+		testkit.Send(t, conn, []byte(first))
+		t.Run(name, func(t *testing.T) { testkit.ExpectDisconnected(t, conn) })
 	}
-	silent := dialGroup(t, s, "127.0.0.1")
-	expectClosed(t, silent)
+	silent := testkit.DialMember(t, s, "127.0.0.1")
+	testkit.ExpectDisconnected(t, silent)
 
 	want := uint64(len(bad) + 1)
-	eventually(t, eventTimeout, "refusals counted", func() bool {
+	testkit.Eventually(t, testkit.EventTimeout, "refusals counted", func() bool {
 		c := s.Groups.Counters()
 		return c.JoinsRefused == want && c.JoinTimeouts == 1
 	})
-	if doc := groupsOf(t, s); len(doc.TCP) != 0 {
-		t.Fatalf("refused joins left groups behind: %+v", doc.TCP)
+	if tcp := testkit.GroupsOf(t, s, "tcp"); len(tcp) != 0 {
+		t.Fatalf("refused joins left groups behind: %+v", tcp)
 	}
 }
 
 func TestGroupIDsAreExactStrings(t *testing.T) {
 	s := groupServer(t, nil)
-	room1, room2 := joinMember(t, s, "room"), joinMember(t, s, "room")
-	upper := joinMember(t, s, "Room")
-	spaced := joinMember(t, s, "room ")
-	waitMembers(t, s, "tcp", "room", 2)
-	waitMembers(t, s, "tcp", "Room", 1)
-	waitMembers(t, s, "tcp", "room ", 1)
-	send(t, room1, "only room")
-	expectRead(t, room2, "only room")
+	room1, room2 := testkit.Join(t, s, "127.0.0.1", "room"), testkit.Join(t, s, "127.0.0.1", "room")
+	upper := testkit.Join(t, s, "127.0.0.1", "Room")
+	spaced := testkit.Join(t, s, "127.0.0.1", "room ")
+	testkit.WaitGroupMembers(t, s, "tcp", "room", 2)
+	testkit.WaitGroupMembers(t, s, "tcp", "Room", 1)
+	testkit.WaitGroupMembers(t, s, "tcp", "room ", 1)
+	testkit.Send(t, room1, []byte("only room"))
+	testkit.ExpectReceives(t, room2, []byte("only room"))
 
-	partner := joinMember(t, s, "Room")
-	waitMembers(t, s, "tcp", "Room", 2)
-	send(t, partner, "for Room")
-	expectRead(t, upper, "for Room") // its first bytes: nothing from "room"
-	other := joinMember(t, s, "room ")
-	waitMembers(t, s, "tcp", "room ", 2)
-	send(t, other, "for room-space")
-	expectRead(t, spaced, "for room-space")
+	partner := testkit.Join(t, s, "127.0.0.1", "Room")
+	testkit.WaitGroupMembers(t, s, "tcp", "Room", 2)
+	testkit.Send(t, partner, []byte("for Room"))
+	testkit.ExpectReceives(t, upper, []byte("for Room")) // its first bytes: nothing from "room"
+	other := testkit.Join(t, s, "127.0.0.1", "room ")
+	testkit.WaitGroupMembers(t, s, "tcp", "room ", 2)
+	testkit.Send(t, other, []byte("for room-space"))
+	testkit.ExpectReceives(t, spaced, []byte("for room-space"))
 }
 
 func TestGroupTCPPreconfiguredHostJoinsWithoutPrefix(t *testing.T) {
 	s := groupServer(t, func(c *groups.Config) {
 		c.TCPPreconfig = []groups.Host{{Group: "pre", Host: netip.MustParseAddr("127.0.0.2")}}
 	})
-	joined := joinMember(t, s, "pre")
-	waitMembers(t, s, "tcp", "pre", 1)
-	pre := dialGroup(t, s, "127.0.0.2")
-	waitMembers(t, s, "tcp", "pre", 2)
-	send(t, pre, testPrefix+"not a join: payload")
-	expectRead(t, joined, testPrefix+"not a join: payload")
-	send(t, joined, "back")
-	expectRead(t, pre, "back")
+	joined := testkit.Join(t, s, "127.0.0.1", "pre")
+	testkit.WaitGroupMembers(t, s, "tcp", "pre", 1)
+	pre := testkit.DialMember(t, s, "127.0.0.2")
+	testkit.WaitGroupMembers(t, s, "tcp", "pre", 2)
+	testkit.Send(t, pre, []byte(testkit.GroupPrefix+"not a join: payload"))
+	testkit.ExpectReceives(t, joined, []byte(testkit.GroupPrefix+"not a join: payload"))
+	testkit.Send(t, joined, []byte("back"))
+	testkit.ExpectReceives(t, pre, []byte("back"))
 }
 
 func TestGroupUDPMembersHearEachOtherAndStrangersAreDropped(t *testing.T) {
 	s := groupServer(t, nil)
-	id := udpGroupID(s)
-	p1, p2, p3 := udpMemberPeer(t), udpMemberPeer(t), udpMemberPeer(t)
+	port := testkit.GroupUDPPort(t, s)
+	id := strconv.Itoa(port)
+	p1, p2, p3 := testkit.UDPPeer(t, "127.0.0.1"), testkit.UDPPeer(t, "127.0.0.1"), testkit.UDPPeer(t, "127.0.0.1")
 	for _, p := range []*net.UDPConn{p1, p2, p3} {
-		register(t, s, p)
+		testkit.RegisterUDPMember(t, s, p)
 	}
-	waitMembers(t, s, "udp", id, 3)
+	testkit.WaitGroupMembers(t, s, "udp", id, 3)
 
-	sendTo(t, p1, s, "d1")
-	expectDatagramFrom(t, p2, s, "d1")
-	expectDatagramFrom(t, p3, s, "d1")
-	sendTo(t, p2, s, "d2")
-	expectDatagramFrom(t, p1, s, "d2") // p1's first datagram: "d1" was not echoed
-	expectDatagramFrom(t, p3, s, "d2")
+	testkit.SendDatagram(t, p1, port, []byte("d1"))
+	testkit.ExpectDatagramFrom(t, p2, port, []byte("d1"))
+	testkit.ExpectDatagramFrom(t, p3, port, []byte("d1"))
+	testkit.SendDatagram(t, p2, port, []byte("d2"))
+	testkit.ExpectDatagramFrom(t, p1, port, []byte("d2")) // p1's first datagram: "d1" was not echoed
+	testkit.ExpectDatagramFrom(t, p3, port, []byte("d2"))
 
-	stranger := udpMemberPeer(t)
-	sendTo(t, stranger, s, "nope")
-	eventually(t, eventTimeout, "stranger's datagram counted", func() bool {
+	stranger := testkit.UDPPeer(t, "127.0.0.1")
+	testkit.SendDatagram(t, stranger, port, []byte("nope"))
+	testkit.Eventually(t, testkit.EventTimeout, "stranger's datagram counted", func() bool {
 		return s.Groups.Counters().DatagramsUnregistered == 1
 	})
-	sendTo(t, p3, s, "d3")
-	expectDatagramFrom(t, p1, s, "d3") // not "nope"
-	expectDatagramFrom(t, p2, s, "d3")
+	testkit.SendDatagram(t, p3, port, []byte("d3"))
+	testkit.ExpectDatagramFrom(t, p1, port, []byte("d3")) // not "nope"
+	testkit.ExpectDatagramFrom(t, p2, port, []byte("d3"))
 
-	sendTo(t, stranger, s, testPrefix+"0")
-	sendTo(t, stranger, s, testPrefix+"http")
-	eventually(t, eventTimeout, "bad registrations refused", func() bool {
+	testkit.SendDatagram(t, stranger, port, []byte(testkit.GroupPrefix+"0"))
+	testkit.SendDatagram(t, stranger, port, []byte(testkit.GroupPrefix+"http"))
+	testkit.Eventually(t, testkit.EventTimeout, "bad registrations refused", func() bool {
 		return s.Groups.Counters().JoinsRefused == 2
 	})
-	waitMembers(t, s, "udp", id, 3)
+	testkit.WaitGroupMembers(t, s, "udp", id, 3)
 }
 
 func TestGroupUDPOpenForwardsStrangers(t *testing.T) {
 	s := groupServer(t, func(c *groups.Config) { c.UDPOpen = true })
-	member := udpMemberPeer(t)
-	register(t, s, member)
-	waitMembers(t, s, "udp", udpGroupID(s), 1)
-	sendTo(t, udpMemberPeer(t), s, "open door")
-	expectDatagramFrom(t, member, s, "open door")
+	port := testkit.GroupUDPPort(t, s)
+	member := testkit.UDPPeer(t, "127.0.0.1")
+	testkit.RegisterUDPMember(t, s, member)
+	testkit.WaitGroupMembers(t, s, "udp", strconv.Itoa(port), 1)
+	testkit.SendDatagram(t, testkit.UDPPeer(t, "127.0.0.1"), port, []byte("open door"))
+	testkit.ExpectDatagramFrom(t, member, port, []byte("open door"))
 }
 
 func TestGroupUDPIdleMembersExpirePreconfiguredStay(t *testing.T) {
-	pre := udpMemberPeer(t)
+	pre := testkit.UDPPeer(t, "127.0.0.1")
 	s := groupServer(t, func(c *groups.Config) {
 		c.UDPIdle = 200 * time.Millisecond
 		c.UDPPreconfig = []netip.AddrPort{pre.LocalAddr().(*net.UDPAddr).AddrPort()}
 	})
-	id := udpGroupID(s)
-	member := udpMemberPeer(t)
-	register(t, s, member)
-	waitMembers(t, s, "udp", id, 2)
-	sendTo(t, member, s, "to the preconfigured peer")
-	expectDatagramFrom(t, pre, s, "to the preconfigured peer")
+	port := testkit.GroupUDPPort(t, s)
+	id := strconv.Itoa(port)
+	member := testkit.UDPPeer(t, "127.0.0.1")
+	testkit.RegisterUDPMember(t, s, member)
+	testkit.WaitGroupMembers(t, s, "udp", id, 2)
+	testkit.SendDatagram(t, member, port, []byte("to the preconfigured peer"))
+	testkit.ExpectDatagramFrom(t, pre, port, []byte("to the preconfigured peer"))
 
-	waitMembers(t, s, "udp", id, 1) // member fell silent; pre stays
-	eventually(t, eventTimeout, "expiry counted", func() bool { return s.Groups.Counters().UDPMembersExpired == 1 })
-	sendTo(t, member, s, "too late")
-	eventually(t, eventTimeout, "expired member's datagram dropped", func() bool {
+	testkit.WaitGroupMembers(t, s, "udp", id, 1) // member fell silent; pre stays
+	testkit.Eventually(t, testkit.EventTimeout, "expiry counted", func() bool { return s.Groups.Counters().UDPMembersExpired == 1 })
+	testkit.SendDatagram(t, member, port, []byte("too late"))
+	testkit.Eventually(t, testkit.EventTimeout, "expired member's datagram dropped", func() bool {
 		return s.Groups.Counters().DatagramsUnregistered == 1
 	})
-	sendTo(t, pre, s, "still here")
-	register(t, s, member)
-	waitMembers(t, s, "udp", id, 2)
-	sendTo(t, pre, s, "welcome back")
-	expectDatagramFrom(t, member, s, "welcome back")
+	testkit.SendDatagram(t, pre, port, []byte("still here"))
+	testkit.RegisterUDPMember(t, s, member)
+	testkit.WaitGroupMembers(t, s, "udp", id, 2)
+	testkit.SendDatagram(t, pre, port, []byte("welcome back"))
+	testkit.ExpectDatagramFrom(t, member, port, []byte("welcome back"))
 }
 
 // A group of 200 members in which one stops reading: the group is held back
@@ -248,18 +254,15 @@ func TestGroupStalledMemberIsCutWhileTheOthersGetEverything(t *testing.T) {
 	s := groupServerWith(t, func(c *loop.Config) { c.StallTimeout = time.Second }, func(c *groups.Config) {
 		c.MaxMemberPending = 256 << 10
 	})
-	sender := joinMember(t, s, "big")
+	sender := testkit.Join(t, s, "127.0.0.1", "big")
 	// A small receive buffer, set before connecting, keeps the kernel from
 	// absorbing much on the stalled member's behalf.
-	stalled := dialGroupWith(t, s, net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}})
-	send(t, stalled, testPrefix+"big\n")
+	stalled := testkit.Join(t, s, "127.0.0.1", "big", testkit.ReceiveBuffer(4096))
 	readers := make([]*net.TCPConn, members-2)
 	for i := range readers {
-		readers[i] = joinMember(t, s, "big")
+		readers[i] = testkit.Join(t, s, "127.0.0.1", "big")
 	}
-	waitMembers(t, s, "tcp", "big", members)
+	testkit.WaitGroupMembers(t, s, "tcp", "big", members)
 
 	chunk := func(i int) []byte {
 		b := make([]byte, chunkSize)
@@ -328,10 +331,7 @@ func TestGroupStalledMemberIsCutWhileTheOthersGetEverything(t *testing.T) {
 		if i >= window {
 			waitChunk(i - window)
 		}
-		_ = sender.SetWriteDeadline(time.Now().Add(eventTimeout))
-		if _, err := sender.Write(chunk(i)); err != nil {
-			t.Fatalf("sender: chunk %d: %v", i, err)
-		}
+		testkit.Send(t, sender, chunk(i))
 		total = i + 1
 		if cutAt < 0 && slowCuts() > 0 {
 			cutAt = i
@@ -346,9 +346,9 @@ func TestGroupStalledMemberIsCutWhileTheOthersGetEverything(t *testing.T) {
 	if n := slowCuts(); n != 1 {
 		t.Fatalf("%d members cut, want only the stalled one", n)
 	}
-	waitMembers(t, s, "tcp", "big", members-1)
+	testkit.WaitGroupMembers(t, s, "tcp", "big", members-1)
 	// What the stalled member did get is a prefix of the stream, then the end.
-	_ = stalled.SetReadDeadline(time.Now().Add(eventTimeout))
+	_ = stalled.SetReadDeadline(time.Now().Add(testkit.EventTimeout))
 	got, err := io.ReadAll(stalled)
 	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("stalled member: %v after %d bytes", err, len(got))
@@ -365,72 +365,76 @@ func TestGroupStalledMemberIsCutWhileTheOthersGetEverything(t *testing.T) {
 
 func TestGroupDriverHearsTCPMembersWritesAndCloses(t *testing.T) {
 	s := groupServer(t, nil)
-	m1 := joinMember(t, s, "mix")
-	waitMembers(t, s, "tcp", "mix", 1)
-	drv := dialGroupDriver(t, s, "/api/server/group_dispatch?group=mix") // legacy base, no accept
-	expectMsg(t, drv, codec.Opened, "127.0.0.1", 0, "")                  // members already there are announced
-	m2 := joinMember(t, s, "mix")
-	expectMsg(t, drv, codec.Opened, "127.0.0.1", 1, "")
+	m1 := testkit.Join(t, s, "127.0.0.1", "mix")
+	testkit.WaitGroupMembers(t, s, "tcp", "mix", 1)
+	// On the legacy base, admitting every member: those already there are announced.
+	drv := testkit.MustDialDriver(t, s, testkit.GroupTarget(testkit.LegacyBasePath, "mix", ""))
+	drv.ExpectOpened("127.0.0.1", 0)
+	m2 := testkit.Join(t, s, "127.0.0.1", "mix")
+	drv.ExpectOpened("127.0.0.1", 1)
 
-	send(t, m1, "abc")
-	expectRead(t, m2, "abc")
-	expectMsg(t, drv, codec.Received, "127.0.0.1", 0, "abc")
+	testkit.Send(t, m1, []byte("abc"))
+	testkit.ExpectReceives(t, m2, []byte("abc"))
+	drv.ExpectReceived("127.0.0.1", 0, []byte("abc"))
 
-	drv.send(codec.Write, "127.0.0.1", 1, []byte("to two"))
-	expectRead(t, m2, "to two")
-	send(t, m2, "y")
-	expectRead(t, m1, "y") // the driver's WRITE was not forwarded to m1
-	expectMsg(t, drv, codec.Received, "127.0.0.1", 1, "y")
-	drv.send(codec.Write, "127.0.0.1", 99, []byte("nobody")) // unknown member: a no-op
+	drv.Write("127.0.0.1", 1, []byte("to two"))
+	testkit.ExpectReceives(t, m2, []byte("to two"))
+	testkit.Send(t, m2, []byte("y"))
+	testkit.ExpectReceives(t, m1, []byte("y")) // the driver's WRITE was not forwarded to m1
+	drv.ExpectReceived("127.0.0.1", 1, []byte("y"))
+	drv.Write("127.0.0.1", 99, []byte("nobody")) // unknown member: a no-op
 
-	drv.send(codec.Close, "127.0.0.1", 0, nil)
-	expectMsg(t, drv, codec.Closed, "127.0.0.1", 0, "")
-	expectClosed(t, m1)
+	drv.CloseClient("127.0.0.1", 0)
+	drv.ExpectClosed("127.0.0.1", 0)
+	testkit.ExpectDisconnected(t, m1)
 
 	// A driver that admits only 127.0.0.2 hears nothing of 127.0.0.1.
-	picky := dialGroupDriver(t, s, "/api/dispatch/v1/group_dispatch?group=mix&accept=127.0.0.2")
-	m3 := dialGroup(t, s, "127.0.0.2")
-	send(t, m3, testPrefix+"mix\n")
-	expectMsg(t, picky, codec.Opened, "127.0.0.2", 2, "")
-	expectMsg(t, drv, codec.Opened, "127.0.0.2", 2, "")
+	picky := testkit.MustDialDriver(t, s, testkit.GroupTarget(testkit.BasePath, "mix", "127.0.0.2"))
+	m3 := testkit.Join(t, s, "127.0.0.2", "mix")
+	picky.ExpectOpened("127.0.0.2", 2)
+	drv.ExpectOpened("127.0.0.2", 2)
 
 	// The group outlives its drivers.
-	drv.conn.Close()
-	picky.conn.Close()
-	eventually(t, eventTimeout, "drivers gone", func() bool { return groupsOf(t, s).TCP["mix"].Upstreams == 0 })
-	send(t, m3, "still grouped")
-	expectRead(t, m2, "still grouped")
-	if doc := groupsOf(t, s); doc.TCP["mix"].Members != 2 {
-		t.Fatalf("group after its drivers left: %+v", doc.TCP["mix"])
+	drv.Drop()
+	picky.Drop()
+	testkit.Eventually(t, testkit.EventTimeout, "drivers gone", func() bool {
+		return testkit.GroupCountsOf(t, s, "tcp", "mix").Upstreams == 0
+	})
+	testkit.Send(t, m3, []byte("still grouped"))
+	testkit.ExpectReceives(t, m2, []byte("still grouped"))
+	if mix := testkit.GroupCountsOf(t, s, "tcp", "mix"); mix.Members != 2 {
+		t.Fatalf("group after its drivers left: %+v", mix)
 	}
 }
 
 func TestGroupDriverOnTheUDPGroup(t *testing.T) {
 	s := groupServer(t, nil)
-	id := udpGroupID(s)
-	drv := dialGroupDriver(t, s, "/api/dispatch/v1/group_dispatch?proto=udp&group="+id)
-	p1, p2 := udpMemberPeer(t), udpMemberPeer(t)
-	register(t, s, p1)
-	expectMsg(t, drv, codec.Opened, "127.0.0.1", uint64(portOf(p1)), "")
-	register(t, s, p2)
-	expectMsg(t, drv, codec.Opened, "127.0.0.1", uint64(portOf(p2)), "")
+	port := testkit.GroupUDPPort(t, s)
+	drv := testkit.MustDialDriver(t, s, testkit.BasePath+"/group_dispatch?proto=udp&group="+strconv.Itoa(port))
+	p1, p2 := testkit.UDPPeer(t, "127.0.0.1"), testkit.UDPPeer(t, "127.0.0.1")
+	testkit.RegisterUDPMember(t, s, p1)
+	drv.ExpectOpened("127.0.0.1", testkit.UDPPort(p1))
+	testkit.RegisterUDPMember(t, s, p2)
+	drv.ExpectOpened("127.0.0.1", testkit.UDPPort(p2))
 
-	sendTo(t, p1, s, "u1")
-	expectDatagramFrom(t, p2, s, "u1")
-	expectMsg(t, drv, codec.Received, "127.0.0.1", uint64(portOf(p1)), "u1")
+	testkit.SendDatagram(t, p1, port, []byte("u1"))
+	testkit.ExpectDatagramFrom(t, p2, port, []byte("u1"))
+	drv.ExpectReceived("127.0.0.1", testkit.UDPPort(p1), []byte("u1"))
 
-	drv.send(codec.Write, "127.0.0.1", uint64(portOf(p2)), []byte("w"))
-	expectDatagramFrom(t, p2, s, "w")
-	sendTo(t, p2, s, "u2")
-	expectDatagramFrom(t, p1, s, "u2") // the WRITE to p2 was not forwarded to p1
-	expectMsg(t, drv, codec.Received, "127.0.0.1", uint64(portOf(p2)), "u2")
+	drv.Write("127.0.0.1", testkit.UDPPort(p2), []byte("w"))
+	testkit.ExpectDatagramFrom(t, p2, port, []byte("w"))
+	testkit.SendDatagram(t, p2, port, []byte("u2"))
+	testkit.ExpectDatagramFrom(t, p1, port, []byte("u2")) // the WRITE to p2 was not forwarded to p1
+	drv.ExpectReceived("127.0.0.1", testkit.UDPPort(p2), []byte("u2"))
 
-	eventually(t, eventTimeout, "driver bytes counted", func() bool { return s.Groups.Counters().BytesFromDrivers == 1 })
+	testkit.Eventually(t, testkit.EventTimeout, "driver bytes counted", func() bool {
+		return s.Groups.Counters().BytesFromDrivers == 1
+	})
 }
 
 func TestGroupDriverRouteRefusals(t *testing.T) {
 	s := groupServer(t, func(c *groups.Config) { c.IDMaxLen = 8 })
-	base := "/api/dispatch/v1/group_dispatch"
+	base := testkit.BasePath + "/group_dispatch"
 	for _, tc := range []struct {
 		target string
 		token  bool
@@ -445,53 +449,51 @@ func TestGroupDriverRouteRefusals(t *testing.T) {
 		{base + "?group=", true, http.StatusBadRequest, `{"error":"invalid parameter value for 'group'","parameter":"group"}`},
 		{base + "?group=1&proto=udp", true, http.StatusNotFound, `{"error":"no such UDP group","parameter":"group"}`},
 	} {
-		status, body := upgradeAnswer(t, s, tc.target, tc.token)
-		if status != tc.status || body != tc.body {
-			t.Errorf("%s: %d %s, want %d %s", tc.target, status, body, tc.status, tc.body)
+		var header []string
+		if tc.token {
+			header = append(header, testkit.BearerHeader(s))
+		}
+		if r := testkit.GetUpgrade(t, s, tc.target, header...); r.Status != tc.status || r.Body != tc.body {
+			t.Errorf("%s: %d %s, want %d %s", tc.target, r.Status, r.Body, tc.status, tc.body)
 		}
 	}
-	if doc := groupsOf(t, s); len(doc.TCP) != 0 {
-		t.Fatalf("refused drivers created groups: %+v", doc.TCP)
+	if tcp := testkit.GroupsOf(t, s, "tcp"); len(tcp) != 0 {
+		t.Fatalf("refused drivers created groups: %+v", tcp)
 	}
 
 	plain := inproc.Start(t, inproc.Options{}) // the group listeners are off
-	if status, body := upgradeAnswer(t, plain, base+"?group=g", true); status != http.StatusNotFound {
-		t.Fatalf("groups off: %d %s, want 404", status, body)
+	if r := testkit.GetUpgrade(t, plain, base+"?group=g", testkit.BearerHeader(plain)); r.Status != http.StatusNotFound {
+		t.Fatalf("groups off: %d %s, want 404", r.Status, r.Body)
 	}
 }
 
 func TestGroupStatsAreServedApartFromDispatchStats(t *testing.T) {
 	s := groupServer(t, nil)
-	id := udpGroupID(s)
-	a, b := joinMember(t, s, "g\"quoted\""), joinMember(t, s, "g\"quoted\"")
-	waitMembers(t, s, "tcp", "g\"quoted\"", 2)
-	send(t, a, "12345")
-	expectRead(t, b, "12345")
-	drv := dialGroupDriver(t, s, "/api/dispatch/v1/group_dispatch?group=g%22quoted%22")
-	expectMsg(t, drv, codec.Opened, "127.0.0.1", 0, "")
-	expectMsg(t, drv, codec.Opened, "127.0.0.1", 1, "")
+	id := strconv.Itoa(testkit.GroupUDPPort(t, s))
+	a, b := testkit.Join(t, s, "127.0.0.1", "g\"quoted\""), testkit.Join(t, s, "127.0.0.1", "g\"quoted\"")
+	testkit.WaitGroupMembers(t, s, "tcp", "g\"quoted\"", 2)
+	testkit.Send(t, a, []byte("12345"))
+	testkit.ExpectReceives(t, b, []byte("12345"))
+	drv := testkit.MustDialDriver(t, s, testkit.GroupTarget(testkit.BasePath, "g%22quoted%22", ""))
+	drv.ExpectOpened("127.0.0.1", 0)
+	drv.ExpectOpened("127.0.0.1", 1)
 
 	want := `{"tcp":{"g\"quoted\"":{"members":2,"upstreams":1,"bytes_forwarded":5}},` +
 		`"udp":{"` + id + `":{"members":0,"upstreams":0,"bytes_forwarded":0}}}`
-	for _, base := range []string{"/api/dispatch/v1", "/api/server"} {
-		if got := groupsBody(t, s, base); got != want {
+	for _, base := range []string{testkit.BasePath, testkit.LegacyBasePath} {
+		if got := testkit.GroupsDocumentAt(t, s, base); got != want {
 			t.Fatalf("%s/groups = %s\nwant %s", base, got, want)
 		}
 	}
-	if got := statsOf(t, s); got != `{"udp_listeners":{},"tcp_listeners":{},"tcp_clients":{}}` {
+	if got := testkit.StatsBody(t, s, testkit.BasePath); got != testkit.EmptyStats {
 		t.Fatalf("dispatch stats changed by groups: %s", got)
 	}
-	resp, err := http.Get("http://" + s.Addr().String() + "/api/dispatch/v1/groups")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("groups without a token: %d", resp.StatusCode)
+	if r := testkit.Get(t, s, testkit.BasePath+"/groups"); r.Status != http.StatusUnauthorized {
+		t.Fatalf("groups without a token: %d", r.Status)
 	}
 	// The OPENED frames to the driver were counted last: a snapshot that
 	// shows them shows everything before them.
-	eventually(t, eventTimeout, "driver frames published", func() bool {
+	testkit.Eventually(t, testkit.EventTimeout, "driver frames published", func() bool {
 		snap := s.Snapshot()
 		return snap.Class(groups.KindName, "driver").BytesOut > 0
 	})
@@ -504,13 +506,13 @@ func TestGroupStatsAreServedApartFromDispatchStats(t *testing.T) {
 
 func TestGroupMembersAreClosedOnShutdown(t *testing.T) {
 	s := groupServer(t, nil)
-	joined, joining := joinMember(t, s, "g"), dialGroup(t, s, "127.0.0.1")
-	waitMembers(t, s, "tcp", "g", 1)
+	joined, joining := testkit.Join(t, s, "127.0.0.1", "g"), testkit.DialMember(t, s, "127.0.0.1")
+	testkit.WaitGroupMembers(t, s, "tcp", "g", 1)
 	if err := s.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	expectClosed(t, joined)
-	expectClosed(t, joining)
+	testkit.ExpectDisconnected(t, joined)
+	testkit.ExpectDisconnected(t, joining)
 }
 
 func TestGroupListenerThatCannotBindFailsStart(t *testing.T) {
