@@ -35,6 +35,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseMessage$$' -fuzztime=$(FUZZTIME) ./codec/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseFrameHeader$$' -fuzztime=$(FUZZTIME) ./codec/
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestHeadLength$$' -fuzztime=$(FUZZTIME) ./codec/
+	$(GO) test -run='^$$' -fuzz='^FuzzTargets$$' -fuzztime=$(FUZZTIME) ./internal/readpause/
 
 bench: build
 	$(GO) run ./bench/cmd/dispatchbench -server $(BIN) -suite standard

@@ -704,3 +704,22 @@ func BenchmarkPauseResume(b *testing.B) {
 		b.Fatalf("%v allocations per Pause+Resume", allocs)
 	}
 }
+
+// FuzzTargets feeds arbitrary fdinfo text to the parser: it must never
+// panic, and whatever it accepts must have come from a "tfd:" line that
+// names the fd it reports.
+func FuzzTargets(f *testing.F) {
+	f.Add([]byte("pos:\t0\nflags:\t02\nmnt_id:\t15\ntfd:        7 events:       19 data:                7  pos:0 ino:2a82 sdev:9\n"))
+	f.Add([]byte("tfd:        5 events:       1b data:                5\n"))
+	f.Add([]byte("tfd: x events: 19 data: 7\ntfd:\n"))
+	f.Fuzz(func(t *testing.T, info []byte) {
+		for _, tg := range targets(info) {
+			if tg.fd < 0 && !strings.Contains(string(info), "-") {
+				t.Fatalf("negative fd %d from %q", tg.fd, info)
+			}
+			if !strings.Contains(string(info), "tfd:") {
+				t.Fatalf("a target from text without a tfd line: %q", info)
+			}
+		}
+	})
+}
