@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/placeos-gnet/dispatch/loop/relay"
 )
@@ -25,9 +25,12 @@ import (
 type Relay struct {
 	*Process
 	RelaySecret []byte
-	Addr        string // the relay listener, host:port
-	AccessURL   string // tokens' aud; POST <AccessURL>/session/<topic>
-	RelayURL    string
+	// Key signs the tokens the helpers mint: the relay secret unless a
+	// test sets a private key.
+	Key       any
+	Addr      string // the relay listener, host:port
+	AccessURL string // tokens' aud; POST <AccessURL>/session/<topic>
+	RelayURL  string
 }
 
 // RelayEnv is the environment that turns the relay on, on a free port of
@@ -49,7 +52,7 @@ func StartRelay(tb testing.TB, env ...string) *Relay {
 // none).
 func RelayOf(tb testing.TB, p *Process, secret string) *Relay {
 	tb.Helper()
-	r := &Relay{Process: p, RelaySecret: []byte(secret)}
+	r := &Relay{Process: p, RelaySecret: []byte(secret), Key: []byte(secret)}
 	for _, line := range strings.Split(p.Logs(), "\n") {
 		if logField([]byte(line), "msg") == "relay listening" {
 			r.Addr = logField([]byte(line), "addr")
@@ -74,7 +77,7 @@ type TokenSpec struct {
 	NotBefore time.Time
 	Expires   time.Time // default an hour from now
 	IssuedAt  time.Time
-	// Key signs the token; default the relay secret (HS256).
+	// Key signs the token; default the Relay's Key.
 	Key any
 }
 
@@ -112,7 +115,7 @@ func or(t, def time.Time) time.Time {
 // Token mints a token for spec.
 func (r *Relay) Token(tb testing.TB, spec TokenSpec) string {
 	tb.Helper()
-	var key any = r.RelaySecret
+	key := r.Key
 	if spec.Key != nil {
 		key = spec.Key
 	}

@@ -145,6 +145,15 @@ func (v *Verifier) Verify(token string, now time.Time) (*Claims, *AuthError) {
 	if token == "" {
 		return nil, refuse(ReasonMissingToken, "missing token: send it in the Authorization header")
 	}
+	// jwt reports an algorithm outside the accepted set as a bad
+	// signature: look at the header first, to say which it is.
+	unverified, _, err := jwt.NewParser().ParseUnverified(token, &Claims{})
+	if err != nil && errors.Is(err, jwt.ErrTokenMalformed) {
+		return nil, refuse(ReasonMalformed, "token malformed")
+	}
+	if alg, _ := headerAlg(unverified); !slices.Contains(v.methods, alg) {
+		return nil, refuse(ReasonAlgorithm, "token signing method %q not accepted (accepted: %s)", alg, strings.Join(v.methods, ", "))
+	}
 	claims := &Claims{}
 	parser := jwt.NewParser(
 		jwt.WithValidMethods(v.methods),
@@ -153,7 +162,7 @@ func (v *Verifier) Verify(token string, now time.Time) (*Claims, *AuthError) {
 		jwt.WithAudience(v.audience),
 		jwt.WithTimeFunc(func() time.Time { return now }),
 	)
-	_, err := parser.ParseWithClaims(token, claims, v.key)
+	_, err = parser.ParseWithClaims(token, claims, v.key)
 	switch {
 	case err == nil:
 		return claims, nil
@@ -177,6 +186,14 @@ func (v *Verifier) Verify(token string, now time.Time) (*Claims, *AuthError) {
 		return nil, refuse(ReasonMalformed, "token claims malformed")
 	}
 	return nil, refuse(ReasonMalformed, "token invalid")
+}
+
+func headerAlg(t *jwt.Token) (string, bool) {
+	if t == nil {
+		return "", false
+	}
+	alg, ok := t.Header["alg"].(string)
+	return alg, ok
 }
 
 // key picks the key for the token's algorithm; WithValidMethods has
