@@ -361,3 +361,14 @@ func (r *Relay) WaitRelayConns(tb testing.TB, topic string, n int) {
 		tb.Fatalf("topic %s never had %d connections (last %d)", topic, n, got)
 	}
 }
+
+// MetricValueOf scrapes once and returns one metric's value and whether it
+// is exported.
+func MetricValueOf(tb testing.TB, addr, name string, labelPairs ...string) (float64, bool) {
+	tb.Helper()
+	all, err := Scrape(addr)
+	if err != nil {
+		tb.Fatalf("scraping %s: %v", addr, err)
+	}
+	return MetricValue(all, name, labelPairs...)
+}
