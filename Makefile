@@ -35,6 +35,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseMessage$$' -fuzztime=$(FUZZTIME) ./codec/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseFrameHeader$$' -fuzztime=$(FUZZTIME) ./codec/
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestHeadLength$$' -fuzztime=$(FUZZTIME) ./codec/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseTopic$$' -fuzztime=$(FUZZTIME) ./loop/relay/
+	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=$(FUZZTIME) ./loop/relay/
 
 bench: build
 	$(GO) run ./bench/cmd/dispatchbench -server $(BIN) -suite standard
