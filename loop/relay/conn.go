@@ -265,6 +265,18 @@ func (k *Kind) issue(g *grant) (int, Reason, string) {
 	}
 	g.expires = now.Add(k.cfg.CodeTTL)
 	k.codes[g.code] = g
+	if len(k.codeQueue) >= 2*k.cfg.MaxCodes {
+		// Codes used since they were queued are still in the queue: keep
+		// only the outstanding ones, so that it stays within its bound.
+		live := k.codeQueue[:0]
+		for _, q := range k.codeQueue {
+			if k.codes[q.code] == q {
+				live = append(live, q)
+			}
+		}
+		clear(k.codeQueue[len(live):])
+		k.codeQueue = live
+	}
 	k.codeQueue = append(k.codeQueue, g)
 	k.c.codesIssued++
 	if g.bid != "" {

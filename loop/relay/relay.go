@@ -22,7 +22,6 @@ import (
 	"crypto"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -141,29 +140,19 @@ func (k *Kind) Resolution() time.Duration {
 func (k *Kind) Start(h *loop.Hub) error {
 	k.hub = h
 	k.logger = h.Log()
-	k.clients = h.NewClass(KindName, "client").
-		Say(loop.EndStalled, "relay subscriber drained nothing for the stall timeout, closing it").
-		Say(loop.EndExpired, "relay token expired, closing the connection").
-		Say(loop.EndDenied, "relay booking deny-listed, closing the connection").
-		Say(loop.EndTimeout, "relay connection did not answer a ping, closing it").
-		Say(loop.EndOversized, "relay message too large, closing the connection").
-		Say(loop.EndProtocol, "relay client broke the WebSocket protocol, closing it")
-	k.watchers = h.NewClass(KindName, "watcher").
+	k.clients = relayClass(h, "client").
+		Say(loop.EndStalled, "relay subscriber drained nothing for the stall timeout, closing it")
+	k.watchers = relayClass(h, "watcher").
 		Say(loop.EndStalled, "relay watcher drained nothing for the stall timeout, closing it").
-		Say(loop.EndExpired, "relay token expired, closing the connection").
-		Say(loop.EndDenied, "relay booking deny-listed, closing the connection").
-		Say(loop.EndTimeout, "relay connection did not answer a ping, closing it").
-		Say(loop.EndMalformed, "malformed message from a relay watcher, closing it").
-		Say(loop.EndOversized, "relay message too large, closing the connection").
-		Say(loop.EndProtocol, "relay client broke the WebSocket protocol, closing it")
+		Say(loop.EndMalformed, "malformed message from a relay watcher, closing it")
 	addr := k.listener.Addr().String()
 	k.accessURL = strings.TrimRight(k.cfg.AccessURL, "/")
 	if k.accessURL == "" {
-		k.accessURL = "http://" + hostPort(addr)
+		k.accessURL = "http://" + addr
 	}
 	k.relayURL = strings.TrimRight(k.cfg.RelayURL, "/")
 	if k.relayURL == "" {
-		k.relayURL = "ws://" + hostPort(addr)
+		k.relayURL = "ws://" + addr
 	}
 	v, err := NewVerifier(k.secret, k.public, k.accessURL)
 	if err != nil {
@@ -180,12 +169,15 @@ func (k *Kind) Start(h *loop.Hub) error {
 	return nil
 }
 
-func hostPort(addr string) string {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	return net.JoinHostPort(host, port)
+// relayClass registers a class of relay connections with the log lines
+// every role shares.
+func relayClass(h *loop.Hub, role string) *loop.Class {
+	return h.NewClass(KindName, role).
+		Say(loop.EndExpired, "relay token expired, closing the connection").
+		Say(loop.EndDenied, "relay booking deny-listed, closing the connection").
+		Say(loop.EndTimeout, "relay connection did not answer a ping, closing it").
+		Say(loop.EndOversized, "relay message too large, closing the connection").
+		Say(loop.EndProtocol, "relay client broke the WebSocket protocol, closing it")
 }
 
 // Tick implements loop.Kind: token expiries, code lifetimes, pings, and

@@ -246,13 +246,9 @@ func Mint(claims *Claims, key any) (string, error) {
 // ReadPublicKey reads a PEM public key (PKIX "PUBLIC KEY", or PKCS#1 "RSA
 // PUBLIC KEY") or a certificate, whose key is taken.
 func ReadPublicKey(path string) (crypto.PublicKey, error) {
-	b, err := os.ReadFile(path)
+	block, err := readPEM(path)
 	if err != nil {
 		return nil, err
-	}
-	block, _ := pem.Decode(b)
-	if block == nil {
-		return nil, fmt.Errorf("%s: no PEM block", path)
 	}
 	switch block.Type {
 	case "PUBLIC KEY":
@@ -272,13 +268,9 @@ func ReadPublicKey(path string) (crypto.PublicKey, error) {
 // ReadPrivateKey reads a PEM private key: PKCS#8 "PRIVATE KEY", PKCS#1
 // "RSA PRIVATE KEY" or SEC 1 "EC PRIVATE KEY".
 func ReadPrivateKey(path string) (any, error) {
-	b, err := os.ReadFile(path)
+	block, err := readPEM(path)
 	if err != nil {
 		return nil, err
-	}
-	block, _ := pem.Decode(b)
-	if block == nil {
-		return nil, fmt.Errorf("%s: no PEM block", path)
 	}
 	switch block.Type {
 	case "PRIVATE KEY":
@@ -289,6 +281,19 @@ func ReadPrivateKey(path string) (any, error) {
 		return x509.ParseECPrivateKey(block.Bytes)
 	}
 	return nil, fmt.Errorf("%s: PEM block %q is not a private key", path, block.Type)
+}
+
+// readPEM reads the first PEM block of a file.
+func readPEM(path string) (*pem.Block, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, fmt.Errorf("%s: no PEM block", path)
+	}
+	return block, nil
 }
 
 // BearerToken is the token of an Authorization header: practable's
