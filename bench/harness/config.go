@@ -55,6 +55,7 @@ type Config struct {
 
 	TopicSubscribers   []int   `json:"topic_subscribers"`
 	TopicDeliveryStart float64 `json:"topic_delivery_start"` // first step, in deliveries/s
+	TopicBatch         int     `json:"topic_batch"`          // messages per publisher write(2)
 
 	Logf func(format string, args ...any) `json:"-"`
 }
@@ -99,6 +100,7 @@ func SuiteConfig(name string) (Config, error) {
 		c.ChurnDur = 3 * time.Second
 		c.TopicSubscribers = []int{100, 1000}
 		c.TopicDeliveryStart = 100000
+		c.TopicBatch = 1
 	case "quick":
 		c.StepDur = 300 * time.Millisecond
 		c.DrainMax = time.Second
@@ -121,6 +123,7 @@ func SuiteConfig(name string) (Config, error) {
 		c.ChurnDur = 500 * time.Millisecond
 		c.TopicSubscribers = []int{10, 50}
 		c.TopicDeliveryStart = 2000
+		c.TopicBatch = 1
 	default:
 		return c, fmt.Errorf("unknown suite %q (quick, standard)", name)
 	}

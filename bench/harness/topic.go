@@ -145,6 +145,7 @@ func (s *topicSub) readable() bool {
 // topicLoad is one publisher and S subscribers on one topic.
 type topicLoad struct {
 	loop    *hotLoop
+	batch   int // messages per publisher write(2)
 	pub     net.Conn
 	pubFd   int
 	subs    []*topicSub
@@ -201,27 +202,33 @@ func (g *topicLoad) run(ctx context.Context, rate float64, dur time.Duration, st
 		g.pend = g.pend[:copy(g.pend, g.pend[m:])]
 		return len(g.pend) == 0, nil
 	}
+	// Up to TopicBatch messages per write(2): 1 is a publisher that writes
+	// each message as it has it; more lets the server read several at once.
+	batch := max(1, g.batch)
 	emit := func(n int) (int, error) {
-		if ok, err := write(); err != nil || !ok {
-			return 0, err // socket full: not offered
+		done := 0
+		for done < n {
+			if ok, err := write(); err != nil || !ok {
+				return done, err // socket full: the rest is not offered
+			}
+			k := min(batch, n-done)
+			g.buf = g.buf[:0]
+			for range k {
+				fillRecord(rec[:], nanotime(), g.seq, 0, step)
+				g.buf = appendClientHeader(g.buf, ws.OpBinary, RecordSize)
+				m := nextMask(&g.rnd)
+				g.buf = append(g.buf, m[:]...)
+				start := len(g.buf)
+				g.buf = append(g.buf, rec[:]...)
+				ws.Cipher(g.buf[start:], m, 0)
+				g.seq++
+			}
+			g.pend = append(g.pend, g.buf...)
+			done += k
+			g.sent.Add(int64(k))
 		}
-		g.buf = g.buf[:0]
-		for range n {
-			fillRecord(rec[:], nanotime(), g.seq, 0, step)
-			g.buf = appendClientHeader(g.buf, ws.OpBinary, RecordSize)
-			m := nextMask(&g.rnd)
-			g.buf = append(g.buf, m[:]...)
-			start := len(g.buf)
-			g.buf = append(g.buf, rec[:]...)
-			ws.Cipher(g.buf[start:], m, 0)
-			g.seq++
-		}
-		g.pend = append(g.pend, g.buf...)
-		if _, err := write(); err != nil {
-			return n, err
-		}
-		g.sent.Add(int64(n))
-		return n, nil
+		_, err := write()
+		return done, err
 	}
 	flush := func() bool {
 		ok, err := write()
@@ -277,6 +284,7 @@ func runTopic(ctx context.Context, s *scenario) error {
 	cfg := s.cfg
 	s.res.Params["subscribers"] = cfg.TopicSubscribers
 	s.res.Params["record_bytes"] = RecordSize
+	s.res.Params["messages_per_publisher_write"] = max(1, cfg.TopicBatch)
 	s.res.Params["step_seconds"] = cfg.StepDur.Seconds()
 	for i, n := range cfg.TopicSubscribers {
 		if i > 0 {
@@ -305,7 +313,7 @@ func runTopicLevel(ctx context.Context, s *scenario, nSubs int) error {
 	if err != nil {
 		return err
 	}
-	g := &topicLoad{loop: loop, rnd: uint64(time.Now().UnixNano()) | 1}
+	g := &topicLoad{loop: loop, batch: cfg.TopicBatch, rnd: uint64(time.Now().UnixNano()) | 1}
 	defer func() {
 		loop.stop()
 		if g.pub != nil {

@@ -86,6 +86,7 @@ func main() {
 		churnConc     intList
 		topicSubs     intList
 		churnDur      = flag.Duration("churn-time", 0, "churn: duration per concurrency level")
+		topicBatch    = flag.Int("topic-batch", 0, "topic: messages per publisher write(2) (1: one write per message)")
 	)
 	flag.Var(&serverArgs, "server-arg", "extra server flag (repeatable), e.g. -server-arg=--max-device-pending=4194304")
 	flag.Var(&serverEnv, "server-env", "extra server environment variable (repeatable), e.g. -server-env GODEBUG=gctrace=1")
@@ -153,6 +154,7 @@ func main() {
 	ov("idle-drivers", func() { cfg.IdleDrivers = *idleDrivers })
 	ov("churn-conc", func() { cfg.ChurnConc = churnConc })
 	ov("topic-subs", func() { cfg.TopicSubscribers = topicSubs })
+	ov("topic-batch", func() { cfg.TopicBatch = *topicBatch })
 	ov("churn-time", func() { cfg.ChurnDur = *churnDur })
 
 	ncpu := runtime.NumCPU()
