@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -167,4 +168,25 @@ func TestRelayOversizedMessageClosesOnlyItsSender(t *testing.T) {
 	big.ExpectClose(ws.StatusMessageTooBig, "")
 	other.SendText("still here")
 	third.ExpectMessage(ws.OpText, []byte("still here"))
+}
+
+// Past --relay-max-topics a new topic is refused with a JSON 503 before the
+// upgrade (counted with the core's channel refusals); past
+// --relay-max-conns any connection is. Existing topics carry on.
+func TestRelayCapsOnTopicsAndConnections(t *testing.T) {
+	r := testkit.StartRelay(t, "DISPATCH_RELAY_MAX_TOPICS=1", "DISPATCH_RELAY_MAX_CONNS=3", "DISPATCH_METRICS_ADDR=127.0.0.1:0")
+	a := r.Join(t, "only")
+	uri := r.CodeURI(t, "second", r.Token(t, testkit.TokenSpec{Topic: "second"}))
+	testkit.ExpectRelayError(t, "a second topic", testkit.UpgradeAnswer(t, uri), 503, "topic_cap")
+	testkit.ExpectMetric(t, r.MetricsAddr(t), 1, "dispatch_channels_refused_total", "kind", "relay")
+	b := r.Join(t, "only")
+	r.Join(t, "only")
+	uri = r.CodeURI(t, "only", r.Token(t, testkit.TokenSpec{Topic: "only"}))
+	testkit.ExpectRelayError(t, "a fourth connection", testkit.UpgradeAnswer(t, uri), 503, "conn_cap")
+	a.SendText("still served")
+	b.ExpectMessage(ws.OpText, []byte("still served"))
+	// The relay secret is never logged.
+	if strings.Contains(r.Logs(), string(r.RelaySecret)) {
+		t.Error("the relay secret appears in the logs")
+	}
 }
