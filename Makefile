@@ -36,6 +36,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseFrameHeader$$' -fuzztime=$(FUZZTIME) ./codec/
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestHeadLength$$' -fuzztime=$(FUZZTIME) ./codec/
 	$(GO) test -run='^$$' -fuzz='^FuzzTargets$$' -fuzztime=$(FUZZTIME) ./internal/readpause/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseTopic$$' -fuzztime=$(FUZZTIME) ./loop/relay/
+	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=$(FUZZTIME) ./loop/relay/
 
 bench: build
 	$(GO) run ./bench/cmd/dispatchbench -server $(BIN) -suite standard

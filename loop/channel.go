@@ -46,6 +46,8 @@ type Channel struct {
 	// blockedMembers counts members whose connection is blocked and pauses
 	// its producers (flow.go).
 	blockedMembers int
+	// watchers counts the upstreams that are watchers (watch.go).
+	watchers int
 	// version changes whenever upstreams change, so that cached per-member
 	// interest can tell it is stale.
 	version uint64
@@ -90,7 +92,11 @@ type Receiver interface {
 type Upstream struct {
 	Out    *Endpoint
 	Filter Filter // nil admits every member
-	ch     *Channel
+	// Watcher marks an upstream that only looks on (watch.go): it admits
+	// no member on its own, does not count in Upstreams, is not reported
+	// to the owner when it leaves, and is ended when the channel closes.
+	Watcher bool
+	ch      *Channel
 }
 
 // Filter decides which members an upstream hears.
@@ -140,14 +146,16 @@ func (ch *Channel) Close() {
 		}
 		ch.Leave(m)
 	}
-	for _, u := range ch.upstreams {
+	ups := ch.upstreams
+	for _, u := range ups {
 		u.ch = nil
 	}
-	ch.upstreams = nil
+	ch.upstreams, ch.watchers = nil, 0
 	ch.version++
 	h := ch.hub
 	delete(h.channels, ch.Key)
 	h.kindChannels[ch.Key.Kind]--
+	endWatchers(ups)
 }
 
 // Closed reports whether the channel was closed.
@@ -192,14 +200,17 @@ func (ch *Channel) EachMember(fn func(*Member)) {
 	}
 }
 
-// Upstreams returns how many upstreams are attached.
-func (ch *Channel) Upstreams() int { return len(ch.upstreams) }
+// Upstreams returns how many upstreams are attached, watchers aside.
+func (ch *Channel) Upstreams() int { return len(ch.upstreams) - ch.watchers }
 
 // Attach adds an upstream; a late upstream is told of the members already
 // there when the policy asks for it.
 func (ch *Channel) Attach(u *Upstream) {
 	u.ch = ch
 	ch.upstreams = append(ch.upstreams, u)
+	if u.Watcher {
+		ch.watchers++
+	}
 	ch.version++
 	if !ch.Policy.Announce {
 		return
@@ -231,15 +242,19 @@ func (ch *Channel) Detach(u *Upstream) {
 	i := slices.Index(ch.upstreams, u)
 	ch.upstreams = slices.Delete(ch.upstreams, i, i+1)
 	ch.version++
+	if u.Watcher {
+		ch.watchers--
+		return
+	}
 	if !ch.closed {
 		ch.owner.Detached(ch, u)
 	}
 }
 
-// Admits reports whether any upstream admits m.
+// Admits reports whether any upstream admits m; watchers do not count.
 func (ch *Channel) Admits(m *Member) bool {
 	for _, u := range ch.upstreams {
-		if u.admits(m) {
+		if !u.Watcher && u.admits(m) {
 			return true
 		}
 	}
@@ -252,22 +267,11 @@ func (ch *Channel) Admits(m *Member) bool {
 func (ch *Channel) interested(m *Member) []*Upstream {
 	if m.Transient {
 		h := ch.hub
-		h.transient = h.transient[:0]
-		for _, u := range ch.upstreams {
-			if u.admits(m) {
-				h.transient = append(h.transient, u)
-			}
-		}
+		h.transient = ch.appendInterested(h.transient[:0], m)
 		return h.transient
 	}
 	if m.interestVersion != ch.version {
-		var list []*Upstream
-		for _, u := range ch.upstreams {
-			if u.admits(m) {
-				list = append(list, u)
-			}
-		}
-		m.interest, m.interestVersion = list, ch.version
+		m.interest, m.interestVersion = ch.appendInterested(nil, m), ch.version
 	}
 	return m.interest
 }

@@ -84,6 +84,9 @@ type Class struct {
 	endLogs [len(stats.EndReasons)]RateLog
 	endSays [len(stats.EndReasons)]string
 	dropLog RateLog
+	// caughtLog keeps the lines for ends of drop episodes to one per
+	// interval too: a reader that hovers at its bound starts and ends many.
+	caughtLog RateLog
 }
 
 // Say sets the log message for one reason to end, in the role's own words
@@ -241,7 +244,11 @@ func (e *Endpoint) dropMessage() {
 func (e *Endpoint) caughtUp() {
 	if e.dropping && e.Unsent() < e.limit/2 {
 		e.dropping = false
-		e.hub.log.Info("reader caught up", "kind", e.class.Kind, "role", e.class.Role, "peer", e.Peer, "dropped", e.dropped)
+		cl := e.class
+		if cl.caughtLog.Due(e.hub.now) {
+			e.hub.log.Info("reader caught up", "kind", cl.Kind, "role", cl.Role, "peer", e.Peer, "dropped", e.dropped,
+				"episodes", cl.caughtLog.Take())
+		}
 		e.dropped = 0
 	}
 }

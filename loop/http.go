@@ -193,7 +193,7 @@ func (r *Request) Upgrade(answer []byte, role WSRole, opts WSOptions) *WSConn {
 	r.answered = true
 	delete(h.handshakes, r.hc)
 	_, _ = r.conn.Write(answer)
-	c := &WSConn{role: role, maxMessage: opts.MaxMessage}
+	c := &WSConn{role: role, maxMessage: opts.MaxMessage, readAt: h.now}
 	c.Peer = r.Peer
 	if a, ok := r.conn.RemoteAddr().(*net.TCPAddr); ok {
 		c.IP = a.AddrPort().Addr().Unmap().WithZone("")

@@ -39,6 +39,7 @@ type WSConn struct {
 	Endpoint
 	role       WSRole
 	maxMessage int
+	readAt     time.Time // when the peer last sent anything (wsping.go)
 
 	need       int // bytes that must be buffered before the next frame can be parsed
 	fragmented bool
@@ -53,6 +54,7 @@ func (c *WSConn) opened(gnet.Conn) gnet.Action { return gnet.None }
 
 // traffic consumes every complete frame in the inbound buffer.
 func (c *WSConn) traffic(gc gnet.Conn) gnet.Action {
+	c.readAt = c.hub.now
 	for !c.closing {
 		avail := gc.InboundBuffered()
 		if avail < 2 || avail < c.need {

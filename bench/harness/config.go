@@ -53,11 +53,15 @@ type Config struct {
 	ChurnConc []int         `json:"churn_concurrency"`
 	ChurnDur  time.Duration `json:"churn_duration"`
 
+	TopicSubscribers   []int   `json:"topic_subscribers"`
+	TopicDeliveryStart float64 `json:"topic_delivery_start"` // first step, in deliveries/s
+	TopicBatch         int     `json:"topic_batch"`          // messages per publisher write(2)
+
 	Logf func(format string, args ...any) `json:"-"`
 }
 
 // AllScenarios in suite order.
-var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn"}
+var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn", "topic"}
 
 // SuiteConfig returns the preset for "quick" or "standard".
 func SuiteConfig(name string) (Config, error) {
@@ -94,6 +98,9 @@ func SuiteConfig(name string) (Config, error) {
 		c.IdleDrivers = 1000
 		c.ChurnConc = []int{1, 8, 32}
 		c.ChurnDur = 3 * time.Second
+		c.TopicSubscribers = []int{100, 1000}
+		c.TopicDeliveryStart = 100000
+		c.TopicBatch = 1
 	case "quick":
 		c.StepDur = 300 * time.Millisecond
 		c.DrainMax = time.Second
@@ -114,6 +121,9 @@ func SuiteConfig(name string) (Config, error) {
 		c.IdleDrivers = 20
 		c.ChurnConc = []int{4}
 		c.ChurnDur = 500 * time.Millisecond
+		c.TopicSubscribers = []int{10, 50}
+		c.TopicDeliveryStart = 2000
+		c.TopicBatch = 1
 	default:
 		return c, fmt.Errorf("unknown suite %q (quick, standard)", name)
 	}
@@ -209,6 +219,7 @@ var scenarioFuncs = map[string]struct {
 	"bulk":   {"5. bulk (1 device → 1 driver, 64 KiB writes) vs loopback pipe", runBulk},
 	"idle":   {"6. idle memory (server RSS per connection)", runIdle},
 	"churn":  {"7. churn (connect → OPENED → close → CLOSED)", runChurn},
+	"topic":  {"8. relay topic (1 publisher → S subscribers, 64 B messages)", runTopic},
 }
 
 // Run executes the configured scenarios and returns the report. A scenario

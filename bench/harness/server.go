@@ -50,7 +50,7 @@ type Server struct {
 }
 
 var (
-	listenTextRe = regexp.MustCompile(`\blistening\b.*?\baddr=("?)([^\s"]+)`)
+	listenTextRe = regexp.MustCompile(`(?:^|\s)msg=listening\s.*?\baddr=("?)([^\s"]+)`)
 	listenJSONRe = regexp.MustCompile(`"msg":"listening"`)
 	addrJSONRe   = regexp.MustCompile(`"addr":"([^"]+)"`)
 	maxConnsRe   = regexp.MustCompile(`"?max_conns"?[=:]"?(\d+)`)

@@ -18,6 +18,7 @@ import (
 	"github.com/placeos-gnet/dispatch/loop/dispatch"
 	drv "github.com/placeos-gnet/dispatch/loop/driver"
 	"github.com/placeos-gnet/dispatch/loop/groups"
+	"github.com/placeos-gnet/dispatch/loop/relay"
 )
 
 // env reads a setting from the environment or, when the variable is not
@@ -74,6 +75,7 @@ type options struct {
 	driver    drv.Config      // driver sessions, on every kind
 	dispatch  dispatch.Config // device ports
 	groups    groups.Config   // socket groups
+	relay     relay.Config    // relay topics
 	curlURL   string
 	metrics   string
 	version   bool
@@ -81,6 +83,7 @@ type options struct {
 	logLevel  slog.Level
 	settings  []setting
 	secretSrc string
+	relaySrc  string // where the relay secret came from
 	flags     *flag.FlagSet
 	port      int // the HTTP port, joined into core.HTTPAddr once checked
 	host      string
@@ -112,6 +115,9 @@ func parseOptions(args []string, e env) (*options, error) {
 		return nil, err
 	}
 	o.core.HTTPAddr = netJoin(o.host, o.port)
+	if n, err := strconv.Atoi(o.relay.Listen); err == nil {
+		o.relay.Listen = netJoin(o.host, n)
+	}
 	o.readEnvironmentOnly(e)
 	if v, ok := e.get("LOG_LEVEL"); ok && v != "" {
 		if err := o.logLevel.UnmarshalText([]byte(v)); err != nil {
@@ -125,8 +131,8 @@ func parseOptions(args []string, e env) (*options, error) {
 // the flag set that parses them.
 func newOptions() *options {
 	o := &options{core: loop.DefaultConfig(), driver: drv.DefaultConfig(), dispatch: dispatch.DefaultConfig(),
-		groups: groups.DefaultConfig(), host: "127.0.0.1", port: 3000}
-	c, d, p, g := &o.core, &o.driver, &o.dispatch, &o.groups
+		groups: groups.DefaultConfig(), relay: relay.DefaultConfig(), host: "127.0.0.1", port: 3000}
+	c, d, p, g, r := &o.core, &o.driver, &o.dispatch, &o.groups, &o.relay
 	o.add("bind", "b", "SG_SERVER_HOST", "HTTP/WebSocket bind host", (*stringValue)(&o.host), nil)
 	o.add("port", "p", "SG_SERVER_PORT", "HTTP/WebSocket port (0 picks a free one)", (*intValue)(&o.port), inRange(&o.port, 0, 65535))
 	o.add("device-host", "", "DISPATCH_DEVICE_HOST", "host device ports bind to (empty: every interface)", (*stringValue)(&p.DeviceHost), nil)
@@ -158,6 +164,20 @@ func newOptions() *options {
 	o.add("max-ports", "", "DISPATCH_MAX_PORTS", "device ports open at once, TCP and UDP together; more are refused with 409", (*intValue)(&p.MaxPorts), atLeast(&p.MaxPorts, 1))
 	o.add("group-max-groups", "", "DISPATCH_GROUP_MAX_GROUPS", "TCP socket groups at once; a join that would open one more is refused", (*intValue)(&g.MaxGroups), atLeast(&g.MaxGroups, 1))
 	o.add("group-metrics-groups", "", "DISPATCH_GROUP_METRICS_GROUPS", "largest groups given series of their own in metrics; the rest are summed as group=\"_other\"", (*intValue)(&g.MetricsGroups), atLeast(&g.MetricsGroups, 0))
+	o.add("relay-listen", "", "DISPATCH_RELAY_LISTEN", "relay topics listener (access API, WebSockets, browser page): port (on --bind) or host:port; empty: off", (*stringValue)(&r.Listen), listenAddr(&r.Listen))
+	o.add("relay-access-url", "", "DISPATCH_RELAY_ACCESS_URL", "relay access base URL as clients reach it; tokens' aud must equal it (empty: http://<relay listener>)", (*stringValue)(&r.AccessURL), nil)
+	o.add("relay-url", "", "DISPATCH_RELAY_URL", "relay WebSocket base URL handed out with codes (empty: ws://<relay listener>)", (*stringValue)(&r.RelayURL), nil)
+	o.add("relay-public-key", "", "DISPATCH_RELAY_PUBLIC_KEY", "PEM public key file for RS256/ES256/EdDSA relay tokens (beside or instead of the secret)", (*stringValue)(&r.PublicKeyFile), nil)
+	o.add("relay-data-dir", "", "DISPATCH_RELAY_DATA_DIR", "directory of the relay's deny list store; empty: memory only, lost on restart", (*stringValue)(&r.DataDir), nil)
+	o.add("relay-max-topics", "", "DISPATCH_RELAY_MAX_TOPICS", "relay topics open at once; more are refused with 503", (*intValue)(&r.MaxTopics), atLeast(&r.MaxTopics, 1))
+	o.add("relay-max-conns", "", "DISPATCH_RELAY_MAX_CONNS", "relay WebSocket connections at once; more are refused with 503", (*intValue)(&r.MaxConns), atLeast(&r.MaxConns, 1))
+	o.add("relay-max-message-bytes", "", "DISPATCH_RELAY_MAX_MESSAGE_BYTES", "largest message a relay client may send; past it: close 1009", (*intValue)(&r.MaxMessageBytes), atLeast(&r.MaxMessageBytes, 64))
+	o.add("relay-max-pending", "", "DISPATCH_RELAY_MAX_PENDING", "unsent bytes per relay connection past which whole messages are dropped for it", (*intValue)(&r.MaxPending), atLeast(&r.MaxPending, 16<<10))
+	o.add("relay-ping-interval", "", "DISPATCH_RELAY_PING_INTERVAL", "a relay connection quiet this long is pinged, and closed if still quiet as long again", (*durationValue)(&r.PingInterval), atLeastDuration(&r.PingInterval, 100*time.Millisecond))
+	o.add("relay-code-ttl", "", "DISPATCH_RELAY_CODE_TTL", "how long a relay connection code stays usable", (*durationValue)(&r.CodeTTL), atLeastDuration(&r.CodeTTL, 100*time.Millisecond))
+	o.add("relay-max-codes", "", "DISPATCH_RELAY_MAX_CODES", "relay codes outstanding; more access requests are refused with 503", (*intValue)(&r.MaxCodes), atLeast(&r.MaxCodes, 1))
+	o.add("relay-metrics-topics", "", "DISPATCH_RELAY_METRICS_TOPICS", "largest relay topics given series of their own in metrics; the rest are summed as topic=\"_other\"", (*intValue)(&r.MetricsTopics), atLeast(&r.MetricsTopics, 0))
+	o.add("relay-allow-no-booking-id", "", "DISPATCH_RELAY_ALLOW_NO_BOOKING_ID", "accept relay tokens without a booking_id", (*boolValue)(&r.AllowNoBookingID), nil)
 
 	// The flag package prints nothing: run decides where help and errors go.
 	fs := flag.NewFlagSet("dispatch", flag.ContinueOnError)
@@ -214,6 +234,13 @@ func (o *options) readEnvironmentOnly(e env) {
 	for _, name := range []string{"PLACE_SERVER_SECRET", "SERVER_SECRET"} {
 		if v, ok := e.get(name); ok && v != "" {
 			o.driver.Secret, o.secretSrc = v, name
+			break
+		}
+	}
+	o.relay.Secret, o.relaySrc = "", "none"
+	for _, name := range []string{"DISPATCH_RELAY_SECRET", "RELAY_SECRET"} {
+		if v, ok := e.get(name); ok && v != "" {
+			o.relay.Secret, o.relaySrc = v, name
 			break
 		}
 	}
@@ -278,6 +305,15 @@ func positive(p *time.Duration) func() error {
 	}
 }
 
+func atLeastDuration(p *time.Duration, lo time.Duration) func() error {
+	return func() error {
+		if *p < lo {
+			return fmt.Errorf("must be at least %v, got %v", lo, *p)
+		}
+		return nil
+	}
+}
+
 func oneLine(p *string) func() error {
 	return func() error {
 		if *p == "" || strings.ContainsAny(*p, "\r\n") {
@@ -311,7 +347,7 @@ func listenAddr(p *string) func() error {
 }
 
 func (o *options) usage(w io.Writer) {
-	fmt.Fprintf(w, "Usage: dispatch [flags]\n\nPlaceOS dispatch: device ports opened on demand for drivers attached over WebSockets.\n\nFlags (each falls back to its environment variable, then the default):\n")
+	fmt.Fprintf(w, "Usage: dispatch [flags]\n       dispatch token [flags]   (mint a relay token; dispatch token -h)\n\nPlaceOS dispatch: device ports opened on demand for drivers attached over WebSockets.\n\nFlags (each falls back to its environment variable, then the default):\n")
 	for _, s := range o.settings {
 		name := "--" + s.long
 		if s.short != "" {
@@ -323,6 +359,7 @@ func (o *options) usage(w io.Writer) {
 	fmt.Fprintf(w, "  %-24s %-28s %-20s %s\n", "-v, --version", "", "", "print the version and exit")
 	fmt.Fprintf(w, "\nEnvironment only:\n"+
 		"  PLACE_SERVER_SECRET, else SERVER_SECRET   shared bearer token (default \"testing\": change it)\n"+
+		"  DISPATCH_RELAY_SECRET, else RELAY_SECRET  HS256 secret of relay tokens (no default)\n"+
 		"  SECRETS_PATH                              directory of secret files for unset variables (default /run/secrets)\n"+
 		"  SG_ENV=production                         info-level logs (otherwise debug)\n"+
 		"  LOG_LEVEL                                 debug|info|warn|error, overrides SG_ENV\n"+
@@ -333,7 +370,7 @@ func (o *options) usage(w io.Writer) {
 // logConfig writes the effective configuration at info level; the secret is
 // never printed, only where it came from.
 func (o *options) logConfig(log *slog.Logger) {
-	attrs := []any{"http", o.core.HTTPAddr, "secret_source", o.secretSrc}
+	attrs := []any{"http", o.core.HTTPAddr, "secret_source", o.secretSrc, "relay_secret_source", o.relaySrc}
 	for _, s := range o.settings {
 		if s.long == "bind" || s.long == "port" {
 			continue

@@ -23,6 +23,7 @@ import (
 	"github.com/placeos-gnet/dispatch/loop"
 	"github.com/placeos-gnet/dispatch/loop/dispatch"
 	"github.com/placeos-gnet/dispatch/loop/groups"
+	"github.com/placeos-gnet/dispatch/loop/relay"
 )
 
 // Set at build time with -ldflags "-X main.version=...".
@@ -40,6 +41,9 @@ func main() {
 // exits with the code run returns: 0 done, 1 failed while running, 2 bad
 // configuration.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "token" {
+		return runToken(args[1:], newEnv(os.LookupEnv), stdout, stderr)
+	}
 	o, err := parseOptions(args, newEnv(os.LookupEnv))
 	if errors.Is(err, flag.ErrHelp) {
 		// Help is asked for, not an error: stdout, so that it pipes into a pager.
@@ -209,6 +213,9 @@ func newServer(o *options) (*loop.Server, error) {
 		return nil, err
 	}
 	if _, err := groups.Register(srv, o.groups, &o.driver); err != nil {
+		return nil, err
+	}
+	if _, err := relay.Register(srv, o.relay); err != nil {
 		return nil, err
 	}
 	return srv, nil

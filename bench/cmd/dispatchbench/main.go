@@ -84,12 +84,15 @@ func main() {
 		idleDevices   intList
 		idleDrivers   = flag.Int("idle-drivers", 0, "idle: drivers")
 		churnConc     intList
+		topicSubs     intList
 		churnDur      = flag.Duration("churn-time", 0, "churn: duration per concurrency level")
+		topicBatch    = flag.Int("topic-batch", 0, "topic: messages per publisher write(2) (1: one write per message)")
 	)
 	flag.Var(&serverArgs, "server-arg", "extra server flag (repeatable), e.g. -server-arg=--max-device-pending=4194304")
 	flag.Var(&serverEnv, "server-env", "extra server environment variable (repeatable), e.g. -server-env GODEBUG=gctrace=1")
 	flag.Var(&idleDevices, "idle-devices", "idle: device counts to measure, e.g. 10000,50000")
 	flag.Var(&churnConc, "churn-conc", "churn: concurrency levels, e.g. 1,8,32")
+	flag.Var(&topicSubs, "topic-subs", "topic: subscriber counts, e.g. 100,1000")
 	flag.Parse()
 
 	if *render != "" {
@@ -150,6 +153,8 @@ func main() {
 	ov("idle-devices", func() { cfg.IdleDevices = idleDevices })
 	ov("idle-drivers", func() { cfg.IdleDrivers = *idleDrivers })
 	ov("churn-conc", func() { cfg.ChurnConc = churnConc })
+	ov("topic-subs", func() { cfg.TopicSubscribers = topicSubs })
+	ov("topic-batch", func() { cfg.TopicBatch = *topicBatch })
 	ov("churn-time", func() { cfg.ChurnDur = *churnDur })
 
 	ncpu := runtime.NumCPU()
