@@ -163,7 +163,7 @@ func Launch(tb testing.TB, opts Options) *Process {
 	select {
 	case p.httpAddr = <-p.logs.ready:
 	case <-p.exited:
-		tb.Fatalf("server exited before listening:\n%s", p.Logs())
+		tb.Fatalf("server exited before listening (%v):\n%s", p.cmd.ProcessState, p.Logs())
 	case <-time.After(StartTimeout):
 		tb.Fatalf("no msg=listening line within %v:\n%s", StartTimeout, p.Logs())
 	}
