@@ -426,7 +426,9 @@ type RoomDialError struct {
 	Body   string
 }
 
-func (e *RoomDialError) Error() string { return fmt.Sprintf("upgrade refused: %d %s", e.Status, e.Body) }
+func (e *RoomDialError) Error() string {
+	return fmt.Sprintf("upgrade refused: %d %s", e.Status, e.Body)
+}
 
 // TryDialRoom opens a room client's WebSocket to /api/room/<room> (room
 // is put in the path as given). A refused upgrade is a *RoomDialError.
