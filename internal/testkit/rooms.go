@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -313,6 +314,30 @@ func (l *MonolithLink) ExpectJoin(tb testing.TB) RoomJoin {
 		tb.Fatalf("join %s", e.Raw)
 	}
 	return j
+}
+
+// ExpectJoinOnOne waits for a join on any of links and returns which got
+// it; the others must not get one first.
+func ExpectJoinOnOne(tb testing.TB, links ...*MonolithLink) (int, RoomJoin) {
+	tb.Helper()
+	cases := make([]reflect.SelectCase, 0, len(links)+1)
+	for _, l := range links {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(l.msgs)})
+	}
+	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(time.After(EventTimeout))})
+	i, v, ok := reflect.Select(cases)
+	switch {
+	case i == len(links):
+		tb.Fatalf("no join on any of %d links within %v", len(links), EventTimeout)
+	case !ok:
+		tb.Fatalf("link %d ended while waiting for a join: %v", i, links[i].err)
+	}
+	e := v.Interface().(Envelope)
+	var j RoomJoin
+	if e.Type != "join" || json.Unmarshal(e.Payload, &j) != nil {
+		tb.Fatalf("link %d got %s, want a join", i, e.Raw)
+	}
+	return i, j
 }
 
 // Ended is closed once the balancer's side of the link is gone.
@@ -644,6 +669,15 @@ func WaitMonolithUp(tb testing.TB, p *Process, id string, n int) {
 	}
 	if !Poll(EventTimeout, func() bool { return count() >= n }) {
 		tb.Fatalf("the balancer did not log its handshake %d with Monolith %s:\n%s", n, id, p.LogTail(4096))
+	}
+}
+
+// WaitLogLines waits until the server has logged at least n lines that
+// contain substr.
+func WaitLogLines(tb testing.TB, p *Process, substr string, n int) {
+	tb.Helper()
+	if !Poll(EventTimeout, func() bool { return CountLines(p.Logs(), substr) >= n }) {
+		tb.Fatalf("fewer than %d log lines with %q:\n%s", n, substr, p.LogTail(4096))
 	}
 }
 
