@@ -59,6 +59,9 @@ type MonolithOptions struct {
 	// Host is the address the balancing and HTTP ports bind to (default
 	// 127.0.0.1).
 	Host string
+	// Addr, when set, is the balancing port's exact address (a Monolith
+	// restarted where it was, or several on one port for DNS discovery).
+	Addr string
 	// HTTP serves the Monolith's HTTP port (default: an echo of the
 	// request, see EchoHandler).
 	HTTP http.Handler
@@ -97,7 +100,11 @@ func StartMonolith(tb testing.TB, opts MonolithOptions) *Monolith {
 	}
 	m := &Monolith{tb: tb, opts: opts, links: make(chan *MonolithLink, 16)}
 	var err error
-	if m.ln, err = net.Listen("tcp", net.JoinHostPort(opts.Host, "0")); err != nil {
+	balancing := opts.Addr
+	if balancing == "" {
+		balancing = net.JoinHostPort(opts.Host, "0")
+	}
+	if m.ln, err = net.Listen("tcp", balancing); err != nil {
 		tb.Fatalf("monolith balancing port: %v", err)
 	}
 	if m.httpLn, err = net.Listen("tcp", net.JoinHostPort(opts.Host, "0")); err != nil {
@@ -679,6 +686,86 @@ func WaitLogLines(tb testing.TB, p *Process, substr string, n int) {
 	if !Poll(EventTimeout, func() bool { return CountLines(p.Logs(), substr) >= n }) {
 		tb.Fatalf("fewer than %d log lines with %q:\n%s", n, substr, p.LogTail(4096))
 	}
+}
+
+// DNSServer answers A queries for every name with the addresses it is
+// given (none for AAAA): a stand-in for the DNS that discovery polls.
+type DNSServer struct {
+	conn *net.UDPConn
+	mu   sync.Mutex
+	ips  []net.IP
+}
+
+// StartDNS serves on a free UDP port of 127.0.0.1 until the test ends.
+func StartDNS(tb testing.TB) *DNSServer {
+	tb.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(Localhost)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d := &DNSServer{conn: conn}
+	tb.Cleanup(func() { conn.Close() })
+	go d.serve()
+	return d
+}
+
+// Addr is ip:port.
+func (d *DNSServer) Addr() string { return d.conn.LocalAddr().String() }
+
+// SetA sets the addresses every A query is answered with.
+func (d *DNSServer) SetA(ips ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ips = d.ips[:0]
+	for _, ip := range ips {
+		d.ips = append(d.ips, net.ParseIP(ip).To4())
+	}
+}
+
+func (d *DNSServer) serve() {
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := d.conn.ReadFromUDP(buf)
+		if err != nil {
+			return
+		}
+		if resp := d.answer(buf[:n]); resp != nil {
+			_, _ = d.conn.WriteToUDP(resp, from)
+		}
+	}
+}
+
+// answer builds the response to one query: the question echoed, and an A
+// record per address for an A question.
+func (d *DNSServer) answer(q []byte) []byte {
+	if len(q) < 12 || binary.BigEndian.Uint16(q[4:]) != 1 {
+		return nil
+	}
+	i := 12
+	for i < len(q) && q[i] != 0 {
+		i += int(q[i]) + 1
+	}
+	if i+5 > len(q) {
+		return nil
+	}
+	question := q[12 : i+5]
+	qtype := binary.BigEndian.Uint16(q[i+1:])
+	d.mu.Lock()
+	var ips []net.IP
+	if qtype == 1 {
+		ips = append(ips, d.ips...)
+	}
+	d.mu.Unlock()
+	resp := append([]byte(nil), q[:2]...)
+	resp = append(resp, 0x81, 0x80, 0, 1)
+	resp = binary.BigEndian.AppendUint16(resp, uint16(len(ips)))
+	resp = append(resp, 0, 0, 0, 0)
+	resp = append(resp, question...)
+	for _, ip := range ips {
+		resp = append(resp, 0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4)
+		resp = append(resp, ip...)
+	}
+	return resp
 }
 
 // RoomsHTTP is a plain client for the balancer's HTTP side.
