@@ -209,6 +209,9 @@ func (m *Monolith) Handshake(tb testing.TB) (*MonolithLink, map[string]any) {
 // Links are the links not yet taken with NextLink.
 func (m *Monolith) Links() <-chan *MonolithLink { return m.links }
 
+// StopHTTP closes the HTTP port only: the balancing link stays up.
+func (m *Monolith) StopHTTP() { _ = m.httpSrv.Close() }
+
 // Close stops the Monolith: its ports close and its links drop, as when
 // its process dies.
 func (m *Monolith) Close() {
@@ -779,8 +782,9 @@ func RoomsGet(tb testing.TB, addr, path string, headers ...string) (int, http.He
 		tb.Fatal(err)
 	}
 	for _, h := range headers {
-		k, v, _ := strings.Cut(h, ":")
-		req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+		if k, v, ok := strings.Cut(h, ":"); ok {
+			req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+		}
 	}
 	resp, err := RoomsHTTP.Do(req)
 	if err != nil {
