@@ -62,6 +62,10 @@ type MonolithOptions struct {
 	// Addr, when set, is the balancing port's exact address (a Monolith
 	// restarted where it was, or several on one port for DNS discovery).
 	Addr string
+	// ReceiveBuffer, when set, is the SO_RCVBUF of the balancing port's
+	// sockets, set on the listener so that links have it from the start: a
+	// link the test holds (MonolithLink.Hold) then backs up quickly.
+	ReceiveBuffer int
 	// HTTP serves the Monolith's HTTP port (default: an echo of the
 	// request, see EchoHandler).
 	HTTP http.Handler
@@ -104,7 +108,11 @@ func StartMonolith(tb testing.TB, opts MonolithOptions) *Monolith {
 	if balancing == "" {
 		balancing = net.JoinHostPort(opts.Host, "0")
 	}
-	if m.ln, err = net.Listen("tcp", balancing); err != nil {
+	var lc net.ListenConfig
+	if opts.ReceiveBuffer > 0 {
+		lc.Control = dialConfig{rcvbuf: opts.ReceiveBuffer}.control
+	}
+	if m.ln, err = lc.Listen(context.Background(), "tcp", balancing); err != nil {
 		tb.Fatalf("monolith balancing port: %v", err)
 	}
 	if m.httpLn, err = net.Listen("tcp", net.JoinHostPort(opts.Host, "0")); err != nil {
@@ -154,7 +162,8 @@ func (m *Monolith) accept() {
 			conn.Close()
 			continue
 		}
-		l := &MonolithLink{conn: conn, msgs: make(chan Envelope, 4096), done: make(chan struct{})}
+		l := &MonolithLink{conn: conn, msgs: make(chan Envelope, 1<<16), done: make(chan struct{}), gate: make(chan struct{})}
+		close(l.gate)
 		switch m.opts.Init {
 		case "":
 			payload := map[string]any{"port": m.HTTPPort(), "region": m.opts.Region, "id": m.opts.ID}
@@ -245,12 +254,32 @@ type MonolithLink struct {
 	wmu  sync.Mutex
 	done chan struct{}
 	err  error
+	gmu  sync.Mutex
+	gate chan struct{} // closed while the link is read
+}
+
+// Hold stops reading the link: what the balancer sends backs up.
+func (l *MonolithLink) Hold() {
+	l.gmu.Lock()
+	l.gate = make(chan struct{})
+	l.gmu.Unlock()
+}
+
+// Release reads the link again.
+func (l *MonolithLink) Release() {
+	l.gmu.Lock()
+	close(l.gate)
+	l.gmu.Unlock()
 }
 
 func (l *MonolithLink) read() {
 	defer close(l.done)
 	defer close(l.msgs)
 	for {
+		l.gmu.Lock()
+		gate := l.gate
+		l.gmu.Unlock()
+		<-gate
 		// The balancer is the client side: its frames must be masked,
 		// which ReadClientData insists on.
 		b, op, err := wsutil.ReadClientData(l.conn)
@@ -509,6 +538,45 @@ func DialRoom(tb testing.TB, addr, room string, opts ...DialOption) *RoomClient 
 	return c
 }
 
+// DialRooms dials n clients of room concurrently (a few at a time) and
+// authenticates each with token; the Monolith gets their joins in any
+// order.
+func DialRooms(tb testing.TB, addr, room, token string, n int) []*RoomClient {
+	tb.Helper()
+	out := make([]*RoomClient, n)
+	errs := make([]error, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				c, err := TryDialRoom(addr, room)
+				if err == nil {
+					err = c.TrySendText(fmt.Sprintf(`{"action":"auth","token":%q}`, token))
+				}
+				out[i], errs[i] = c, err
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, c := range out {
+		if c != nil {
+			tb.Cleanup(func() { c.conn.Close() })
+			go c.read()
+		}
+		if errs[i] != nil {
+			tb.Fatalf("room client %d of %d: %v", i, n, errs[i])
+		}
+	}
+	return out
+}
+
 // DialRoomUnread is DialRoom whose client never reads: the server's
 // frames pile up in its socket.
 func DialRoomUnread(tb testing.TB, addr, room string, opts ...DialOption) *RoomClient {
@@ -539,6 +607,31 @@ func (c *RoomClient) read() {
 		}
 	}
 }
+
+// StartReading reads the frames of a client dialled with DialRoomUnread
+// from now on.
+func (c *RoomClient) StartReading() { go c.read() }
+
+// TryNext is Next that returns an error instead of failing the test, for
+// goroutines of the test's own.
+func (c *RoomClient) TryNext() (string, error) {
+	select {
+	case f, ok := <-c.frames:
+		switch {
+		case !ok:
+			return "", fmt.Errorf("connection ended: %v", c.readErr)
+		case f.op == ws.OpClose:
+			code, reason := closeOf(f.payload)
+			return "", fmt.Errorf("closed with %d %q", code, reason)
+		}
+		return string(f.payload), nil
+	case <-time.After(EventTimeout):
+		return "", fmt.Errorf("no message within %v", EventTimeout)
+	}
+}
+
+// TrySendText sends one text message and returns the error.
+func (c *RoomClient) TrySendText(msg string) error { return c.TrySend(ws.OpText, []byte(msg)) }
 
 // Auth sends the auth message.
 func (c *RoomClient) Auth(tb testing.TB, token string) {
