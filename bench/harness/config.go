@@ -53,11 +53,14 @@ type Config struct {
 	ChurnConc []int         `json:"churn_concurrency"`
 	ChurnDur  time.Duration `json:"churn_duration"`
 
+	RoomsClients       []int `json:"rooms_broadcast_clients"`
+	RoomsIngestClients int   `json:"rooms_ingest_clients"`
+
 	Logf func(format string, args ...any) `json:"-"`
 }
 
 // AllScenarios in suite order.
-var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn"}
+var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn", "rooms"}
 
 // SuiteConfig returns the preset for "quick" or "standard".
 func SuiteConfig(name string) (Config, error) {
@@ -94,6 +97,8 @@ func SuiteConfig(name string) (Config, error) {
 		c.IdleDrivers = 1000
 		c.ChurnConc = []int{1, 8, 32}
 		c.ChurnDur = 3 * time.Second
+		c.RoomsClients = []int{100, 1000}
+		c.RoomsIngestClients = 1000
 	case "quick":
 		c.StepDur = 300 * time.Millisecond
 		c.DrainMax = time.Second
@@ -114,6 +119,8 @@ func SuiteConfig(name string) (Config, error) {
 		c.IdleDrivers = 20
 		c.ChurnConc = []int{4}
 		c.ChurnDur = 500 * time.Millisecond
+		c.RoomsClients = []int{10, 50}
+		c.RoomsIngestClients = 50
 	default:
 		return c, fmt.Errorf("unknown suite %q (quick, standard)", name)
 	}
@@ -209,6 +216,7 @@ var scenarioFuncs = map[string]struct {
 	"bulk":   {"5. bulk (1 device → 1 driver, 64 KiB writes) vs loopback pipe", runBulk},
 	"idle":   {"6. idle memory (server RSS per connection)", runIdle},
 	"churn":  {"7. churn (connect → OPENED → close → CLOSED)", runChurn},
+	"rooms":  {"8. rooms (OpenTogetherTube balancer: one Monolith broadcasting to a room; clients sending to it)", runRooms},
 }
 
 // Run executes the configured scenarios and returns the report. A scenario
