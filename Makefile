@@ -35,6 +35,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseMessage$$' -fuzztime=$(FUZZTIME) ./codec/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseFrameHeader$$' -fuzztime=$(FUZZTIME) ./codec/
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestHeadLength$$' -fuzztime=$(FUZZTIME) ./codec/
+	$(GO) test -run='^$$' -fuzz='^FuzzValidJSON$$' -fuzztime=$(FUZZTIME) ./loop/rooms/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseMonolithMessage$$' -fuzztime=$(FUZZTIME) ./loop/rooms/
 
 bench: build
 	$(GO) run ./bench/cmd/dispatchbench -server $(BIN) -suite standard
