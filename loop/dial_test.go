@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -67,12 +68,14 @@ func startWithClass(t *testing.T) (*Server, *Class) {
 	return s, class
 }
 
-// testServerWithKind is testServer with a kind registered before Start.
+// testServerWithKind starts a core on loopback, logging nowhere: tweak
+// adjusts its configuration, setup its routes, and k (if not nil) is
+// registered before Start. It is shut down when the test ends.
 func testServerWithKind(t *testing.T, tweak func(*Config), setup func(*Server), k Kind) *Server {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.HTTPAddr = "127.0.0.1:0"
-	cfg.Logger = testServer(t, nil).log // a discarding logger
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -80,7 +83,9 @@ func testServerWithKind(t *testing.T, tweak func(*Config), setup func(*Server), 
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Register(k)
+	if k != nil {
+		s.Register(k)
+	}
 	if setup != nil {
 		setup(s)
 	}
@@ -292,18 +297,7 @@ func httpServer(t *testing.T, h http.Handler) string {
 // A dial under way when the server stops is interrupted, and done hears
 // of it.
 func TestDialWSInterruptedByShutdown(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.HTTPAddr = "127.0.0.1:0"
-	cfg.Logger = testServer(t, nil).log
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var class *Class
-	s.Register(testKind{start: func(h *Hub) { class = h.NewClass("test", "link") }})
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s, class := startWithClass(t)
 	silent, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -251,33 +251,24 @@ type roomsClient struct {
 // and authenticates each.
 func dialRoomsClients(ctx context.Context, addr string, n, conc int) ([]*roomsClient, error) {
 	out := make([]*roomsClient, n)
-	var next atomic.Int64
+	errs := make([]error, n)
+	slots := make(chan struct{}, conc)
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for range conc {
+	for i := range n {
+		slots <- struct{}{}
 		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				c, err := dialRoomsClient(ctx, addr, i)
-				if err != nil {
-					mu.Lock()
-					firstErr = cmpErr(firstErr, fmt.Errorf("room client %d: %w", i, err))
-					mu.Unlock()
-					return
-				}
-				out[i] = c
-			}
+			defer func() { <-slots; wg.Done() }()
+			out[i], errs[i] = dialRoomsClient(ctx, addr, i)
 		}()
 	}
 	wg.Wait()
-	if firstErr == nil {
-		firstErr = ctx.Err()
+	var firstErr error
+	for i, err := range errs {
+		if err != nil {
+			firstErr = fmt.Errorf("room client %d: %w", i, err)
+			break
+		}
 	}
 	if firstErr != nil {
 		for _, c := range out {
@@ -288,13 +279,6 @@ func dialRoomsClients(ctx context.Context, addr string, n, conc int) ([]*roomsCl
 		return nil, firstErr
 	}
 	return out, nil
-}
-
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 func dialRoomsClient(ctx context.Context, addr string, i int) (*roomsClient, error) {

@@ -663,20 +663,11 @@ func (c *RoomClient) TrySend(op ws.OpCode, payload []byte) error {
 // answered; the balancer sends none).
 func (c *RoomClient) Next(tb testing.TB) string {
 	tb.Helper()
-	select {
-	case f, ok := <-c.frames:
-		switch {
-		case !ok:
-			tb.Fatalf("room client: connection ended (%v) while waiting for a message", c.readErr)
-		case f.op == ws.OpClose:
-			code, reason := closeOf(f.payload)
-			tb.Fatalf("room client: closed with %d %q while waiting for a message", code, reason)
-		}
-		return string(f.payload)
-	case <-time.After(EventTimeout):
-		tb.Fatalf("room client: no message within %v", EventTimeout)
-		return ""
+	msg, err := c.TryNext()
+	if err != nil {
+		tb.Fatalf("room client: %v while waiting for a message", err)
 	}
+	return msg
 }
 
 // Expect reads the next message and compares it.

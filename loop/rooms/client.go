@@ -93,7 +93,7 @@ func (k *Kind) upgrade(r *loop.Request) {
 	cl.deadline = h.Now().Add(k.cfg.AuthTimeout)
 	k.clientByID[cl.id] = cl
 	k.nClients++
-	k.authing.push(cl)
+	k.authing.Push(cl)
 	k.debug("room client connected", "client", cl.id, "room", name, "peer", r.Peer)
 }
 
@@ -218,8 +218,8 @@ func (k *Kind) dropIfAbandoned(r *room) {
 func (k *Kind) expireAuth() {
 	now := k.hub.Now()
 	q := &k.authing
-	for cl, ok := q.front(); ok && !cl.deadline.After(now); cl, ok = q.front() {
-		q.pop()
+	for cl, ok := q.Front(); ok && !cl.deadline.After(now); cl, ok = q.Front() {
+		q.Pop()
 		if cl.state != clientAuthing {
 			continue
 		}

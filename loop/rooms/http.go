@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -130,12 +131,7 @@ func (k *Kind) balancingText(dst []byte) []byte {
 	fmt.Fprintf(b, "monoliths: %d connected, %d discovered\n", len(k.up), len(k.targets))
 	fmt.Fprintf(b, "clients: %d\n", k.nClients)
 	fmt.Fprintf(b, "rooms: %d\n", len(k.rooms))
-	keys := make([]string, 0, len(k.rooms))
-	for key := range k.rooms {
-		keys = append(keys, key)
-	}
-	slices.Sort(keys)
-	for _, key := range keys {
+	for _, key := range slices.Sorted(maps.Keys(k.rooms)) {
 		r := k.rooms[key]
 		epoch := strconv.FormatUint(uint64(r.epoch), 10)
 		if r.epoch == placeholderEpoch {
@@ -151,13 +147,8 @@ func (k *Kind) balancingText(dst []byte) []byte {
 	for _, m := range k.up {
 		regions[m.region] = append(regions[m.region], m.id)
 	}
-	names := make([]string, 0, len(regions))
-	for region := range regions {
-		names = append(names, region)
-	}
-	slices.Sort(names)
 	b.WriteString("regions:\n")
-	for _, region := range names {
+	for _, region := range slices.Sorted(maps.Keys(regions)) {
 		fmt.Fprintf(b, "  %s: %s\n", region, strings.Join(regions[region], ", "))
 	}
 	return b.Bytes()
@@ -180,12 +171,7 @@ func (k *Kind) stateJSON(dst []byte) []byte {
 		dst = append(dst, `,"region":`...)
 		dst = loop.AppendJSONString(dst, m.region)
 		dst = append(dst, `,"rooms":[`...)
-		keys := make([]string, 0, len(m.rooms))
-		for key := range m.rooms {
-			keys = append(keys, key)
-		}
-		slices.Sort(keys)
-		for j, key := range keys {
+		for j, key := range slices.Sorted(maps.Keys(m.rooms)) {
 			r := m.rooms[key]
 			if j > 0 {
 				dst = append(dst, ',')

@@ -55,9 +55,9 @@ func skipValue(b []byte, i, depth int) (int, error) {
 	case c == '"':
 		return skipString(b, i)
 	case c == '{':
-		return skipObject(b, i, depth+1)
+		return skipObject(b, i, depth)
 	case c == '[':
-		return skipArray(b, i, depth+1)
+		return skipArray(b, i, depth)
 	case c == '-' || c >= '0' && c <= '9':
 		return skipNumber(b, i)
 	case c == 't':
@@ -123,19 +123,13 @@ func skipNumber(b []byte, i int) (int, error) {
 	case i < len(b) && b[i] == '0':
 		i++
 	case i < len(b) && b[i] >= '1' && b[i] <= '9':
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
+		i, _ = skipDigits(b, i)
 	default:
 		return i, errSyntax
 	}
+	var ok bool
 	if i < len(b) && b[i] == '.' {
-		i++
-		start := i
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-		if i == start {
+		if i, ok = skipDigits(b, i+1); !ok {
 			return i, errSyntax
 		}
 	}
@@ -144,76 +138,64 @@ func skipNumber(b []byte, i int) (int, error) {
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
 			i++
 		}
-		start := i
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-		if i == start {
+		if i, ok = skipDigits(b, i); !ok {
 			return i, errSyntax
 		}
 	}
 	return i, nil
 }
 
-func skipObject(b []byte, i, depth int) (int, error) {
-	if depth > maxDepth {
-		return i, errTooDeep
+// skipDigits skips a run of digits; false if there is none.
+func skipDigits(b []byte, i int) (int, bool) {
+	start := i
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
 	}
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return i + 1, nil
-	}
-	for {
-		if i >= len(b) || b[i] != '"' {
-			return i, errSyntax
-		}
-		var err error
-		if i, err = skipString(b, i); err != nil {
-			return i, err
-		}
-		i = skipSpace(b, i)
-		if i >= len(b) || b[i] != ':' {
-			return i, errSyntax
-		}
-		if i, err = skipValue(b, skipSpace(b, i+1), depth); err != nil {
-			return i, err
-		}
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return i, errSyntax
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			return i + 1, nil
-		default:
-			return i, errSyntax
-		}
-	}
+	return i, i > start
 }
 
-func skipArray(b []byte, i, depth int) (int, error) {
+func skipObject(b []byte, i, depth int) (int, error) { return skipList(b, i, depth+1, '}', skipMember) }
+
+func skipArray(b []byte, i, depth int) (int, error) { return skipList(b, i, depth+1, ']', skipValue) }
+
+// skipMember skips one "key": value of an object.
+func skipMember(b []byte, i, depth int) (int, error) {
+	if i >= len(b) || b[i] != '"' {
+		return i, errSyntax
+	}
+	i, err := skipString(b, i)
+	if err != nil {
+		return i, err
+	}
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != ':' {
+		return i, errSyntax
+	}
+	return skipValue(b, skipSpace(b, i+1), depth)
+}
+
+// skipList skips the items of an object or an array that starts at b[i]
+// and ends with the byte end; item skips one of them.
+func skipList(b []byte, i, depth int, end byte, item func(b []byte, i, depth int) (int, error)) (int, error) {
 	if depth > maxDepth {
 		return i, errTooDeep
 	}
 	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == ']' {
+	if i < len(b) && b[i] == end {
 		return i + 1, nil
 	}
 	for {
 		var err error
-		if i, err = skipValue(b, i, depth); err != nil {
+		if i, err = item(b, i, depth); err != nil {
 			return i, err
 		}
 		i = skipSpace(b, i)
-		if i >= len(b) {
+		switch {
+		case i >= len(b):
 			return i, errSyntax
-		}
-		switch b[i] {
-		case ',':
+		case b[i] == ',':
 			i = skipSpace(b, i+1)
-		case ']':
+		case b[i] == end:
 			return i + 1, nil
 		default:
 			return i, errSyntax

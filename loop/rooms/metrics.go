@@ -144,24 +144,12 @@ func (k *Kind) Collect(_ *loop.Hub, dst []stats.Sample) []stats.Sample {
 		stats.S(roomsUnauthorised, float64(k.off.unauthorised.Load())),
 		stats.S(roomsDNSFailures, float64(k.off.dnsFailures.Load())),
 	)
-	for i, n := range c.UpgradesRefused {
-		dst = append(dst, stats.S(roomsUpgradesRefused, float64(n), refusedNames[i]))
-	}
-	for i, n := range c.AuthRefused {
-		dst = append(dst, stats.S(roomsAuthRefused, float64(n), authReasonNames[i]))
-	}
-	for i, n := range c.Duplicates {
-		dst = append(dst, stats.S(roomsDuplicates, float64(n), dupNames[i]))
-	}
-	for i, n := range k.unmapReasons {
-		dst = append(dst, stats.S(roomsUnmapped, float64(n), unmapReasonNames[i]))
-	}
-	for i, n := range c.LinkMessages {
-		dst = append(dst, stats.S(roomsLinkMessages, float64(n), msgNames[i]))
-	}
-	for i, n := range c.LinkAttempts {
-		dst = append(dst, stats.S(roomsLinkAttempts, float64(n), attemptNames[i]))
-	}
+	dst = labelled(dst, roomsUpgradesRefused, c.UpgradesRefused[:], refusedNames[:])
+	dst = labelled(dst, roomsAuthRefused, c.AuthRefused[:], authReasonNames[:])
+	dst = labelled(dst, roomsDuplicates, c.Duplicates[:], dupNames[:])
+	dst = labelled(dst, roomsUnmapped, k.unmapReasons[:], unmapReasonNames[:])
+	dst = labelled(dst, roomsLinkMessages, c.LinkMessages[:], msgNames[:])
+	dst = labelled(dst, roomsLinkAttempts, c.LinkAttempts[:], attemptNames[:])
 	for i := range routeCount {
 		dst = append(dst,
 			stats.S(roomsProxied, float64(k.off.proxied[i].Load()), routeNames[i]),
@@ -176,6 +164,14 @@ func (k *Kind) Collect(_ *loop.Hub, dst []stats.Sample) []stats.Sample {
 	}
 	for _, r := range stats.Bounded(ranked, k.cfg.MetricsRooms) {
 		dst = append(dst, stats.S(roomsRoomClients, r.Values[0], r.Name))
+	}
+	return dst
+}
+
+// labelled appends one sample per count, labelled with its name.
+func labelled(dst []stats.Sample, d *stats.Desc, counts []uint64, names []string) []stats.Sample {
+	for i, n := range counts {
+		dst = append(dst, stats.S(d, float64(n), names[i]))
 	}
 	return dst
 }

@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/placeos-gnet/dispatch/internal/fifo"
 	"github.com/placeos-gnet/dispatch/loop"
 )
 
@@ -57,8 +58,8 @@ type Kind struct {
 	links        *loop.Class
 	clientByID   map[string]*client // every client, by its id
 	nClients     int
-	authing      fifo[*client]    // by auth deadline; clients that authenticated since are skipped
-	rooms        map[string]*room // by key
+	authing      fifo.Queue[*client] // by auth deadline; clients that authenticated since are skipped
+	rooms        map[string]*room    // by key
 	targets      map[string]*target
 	up           []*monolith // Monoliths whose handshake is done, in the order they came up
 	byID         map[string]*monolith
@@ -408,36 +409,6 @@ func (l *rateLog) log(k *Kind, msg string, args ...any) {
 
 type rateLogs struct {
 	rooms, equal, clients, roomFull, noMonolith, unrouted, badMessage, badKick, metadata rateLog
-}
-
-// fifo is a queue that reuses its backing array.
-type fifo[T any] struct {
-	items []T
-	head  int
-}
-
-func (q *fifo[T]) push(x T) { q.items = append(q.items, x) }
-
-func (q *fifo[T]) front() (T, bool) {
-	if q.head == len(q.items) {
-		var zero T
-		return zero, false
-	}
-	return q.items[q.head], true
-}
-
-func (q *fifo[T]) pop() {
-	var zero T
-	q.items[q.head] = zero
-	q.head++
-	switch {
-	case q.head == len(q.items):
-		q.items, q.head = q.items[:0], 0
-	case q.head >= 64 && 2*q.head >= len(q.items):
-		n := copy(q.items, q.items[q.head:])
-		clear(q.items[n:])
-		q.items, q.head = q.items[:n], 0
-	}
 }
 
 func randIntN(n int) int { return mrand.IntN(n) }
