@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -189,4 +190,37 @@ func roomsDo(t *testing.T, addr, method, path string, body []byte, headers ...st
 		t.Fatalf("%s %s: reading the body: %v", method, path, err)
 	}
 	return roomsResponse{resp.StatusCode, resp.Header, string(b)}
+}
+
+// The API key and the init token never reach the configuration line; the
+// rooms settings parse as documented.
+func TestRoomsSettings(t *testing.T) {
+	o, err := parseOptions([]string{"--rooms-addr", "7000", "--rooms-strategy", "HashRing", "--rooms-dns", "monoliths.internal:3002",
+		"--rooms-dns-server", "10.0.0.53", "--rooms-monoliths", "a:1, b:2"},
+		envOf(map[string]string{"SECRETS_PATH": t.TempDir(), "DISPATCH_ROOMS_API_KEY": "key-do-not-print",
+			"DISPATCH_ROOMS_INIT_TOKEN": "token-do-not-print", "FLY_REGION": "syd"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := o.rooms
+	if r.Addr != "127.0.0.1:7000" || r.Strategy.String() != "hash-ring" || r.DNSName != "monoliths.internal" || r.DNSPort != 3002 ||
+		r.DNSServer != "10.0.0.53:53" || strings.Join(r.Monoliths, ",") != "a:1,b:2" || r.Region != "syd" ||
+		r.APIKey != "key-do-not-print" || r.InitToken != "token-do-not-print" {
+		t.Fatalf("rooms settings %+v", r)
+	}
+	var logs bytes.Buffer
+	o.logConfig(slog.New(slog.NewTextHandler(&logs, nil)))
+	if strings.Contains(logs.String(), "do-not-print") || !strings.Contains(logs.String(), `rooms-api-key=(set)`) {
+		t.Fatalf("config line: %s", logs.String())
+	}
+	o, err = parseOptions([]string{"--rooms-region", "ams"}, envOf(map[string]string{"SECRETS_PATH": t.TempDir(), "FLY_REGION": "syd"}))
+	if err != nil || o.rooms.Region != "ams" {
+		t.Fatalf("--rooms-region beats FLY_REGION: %v %q", err, o.rooms.Region)
+	}
+	for _, bad := range [][]string{{"--rooms-strategy", "fastest"}, {"--rooms-monoliths", "nohost"}, {"--rooms-dns", "name"},
+		{"--rooms-dns-server", "not-an-ip"}, {"--rooms-hash-weight", "0"}, {"--rooms-max-message-bytes", "10"}} {
+		if _, err := parseOptions(bad, envOf(map[string]string{"SECRETS_PATH": t.TempDir()})); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
 }

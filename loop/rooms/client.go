@@ -26,6 +26,7 @@ type clientState uint8
 
 const (
 	clientAuthing clientState = iota // upgraded, waiting for its auth message
+	clientPlacing                    // authenticated, being placed (or refused)
 	clientJoined                     // in its room
 	clientGone
 )
@@ -93,6 +94,7 @@ func (k *Kind) upgrade(r *loop.Request) {
 	cl.deadline = h.Now().Add(k.cfg.AuthTimeout)
 	k.clientByID[cl.id] = cl
 	k.nClients++
+	k.nAuthing++
 	k.authing.Push(cl)
 	k.debug("room client connected", "client", cl.id, "room", name, "peer", r.Peer)
 }
@@ -112,6 +114,8 @@ func (cl *client) Message(c *loop.WSConn, text bool, payload []byte) {
 			cl.refuseAuth(problem)
 			return
 		}
+		cl.state = clientPlacing
+		k.nAuthing--
 		k.join(cl, token)
 	case clientJoined:
 		if !text && !utf8.Valid(payload) || !validObject(payload) {
@@ -192,6 +196,9 @@ func (cl *client) Ended(_ *loop.WSConn, _ loop.EndReason) {
 	cl.state = clientGone
 	delete(k.clientByID, cl.id)
 	k.nClients--
+	if was == clientAuthing {
+		k.nAuthing--
+	}
 	if was != clientJoined {
 		return
 	}

@@ -113,18 +113,12 @@ func (k *Kind) Collect(_ *loop.Hub, dst []stats.Sample) []stats.Sample {
 	if k.dnsDone && len(k.up) == len(k.targets) {
 		ready = 1
 	}
-	authing := 0
-	for _, cl := range k.clientByID {
-		if cl.state == clientAuthing {
-			authing++
-		}
-	}
 	dst = append(dst,
 		stats.S(roomsMonoliths, float64(len(k.up)), "connected"),
 		stats.S(roomsMonoliths, float64(len(k.targets)), "discovered"),
 		stats.S(roomsReady, ready),
 		stats.S(roomsRooms, float64(len(k.rooms))),
-		stats.S(roomsAuthenticating, float64(authing)),
+		stats.S(roomsAuthenticating, float64(k.nAuthing)),
 		stats.S(roomsJoins, float64(c.Joins)),
 		stats.S(roomsLeaves, float64(c.Leaves)),
 		stats.S(roomsClientMessages, float64(c.ClientMessages), "forwarded"),

@@ -68,7 +68,7 @@ func (k *Kind) syncTargets() {
 			t := k.targets[addr]
 			if t == nil {
 				if len(k.targets) >= maxMonoliths {
-					k.rateLogs.rooms.log(k, "too many Monoliths discovered: ignoring the rest", "limit", maxMonoliths, "addr", addr)
+					k.rateLogs.monoliths.log(k, "too many Monoliths discovered: ignoring the rest", "limit", maxMonoliths, "addr", addr)
 					continue
 				}
 				host, _, _ := net.SplitHostPort(addr)

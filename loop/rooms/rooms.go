@@ -56,8 +56,9 @@ type Kind struct {
 
 	clients      *loop.Class
 	links        *loop.Class
-	clientByID   map[string]*client // every client, by its id
-	nClients     int
+	clientByID   map[string]*client  // every client, by its id
+	nClients     int                 // connected, whatever their state
+	nAuthing     int                 // of those, not authenticated yet
 	authing      fifo.Queue[*client] // by auth deadline; clients that authenticated since are skipped
 	rooms        map[string]*room    // by key
 	targets      map[string]*target
@@ -408,7 +409,7 @@ func (l *rateLog) log(k *Kind, msg string, args ...any) {
 }
 
 type rateLogs struct {
-	rooms, equal, clients, roomFull, noMonolith, unrouted, badMessage, badKick, metadata rateLog
+	rooms, monoliths, equal, clients, roomFull, noMonolith, badMessage, badKick rateLog
 }
 
 func randIntN(n int) int { return mrand.IntN(n) }
