@@ -672,6 +672,9 @@ func roomsLoad(ctx context.Context, s *scenario, n int, ingest bool) error {
 		return err
 	}
 	best = fallbackPeak(s, steps, best)
+	if cfg.ProfileDir != "" {
+		profileStep(ctx, s, st, best.OfferedRate) // one file per scenario: the last load's remains
+	}
 	lat, err := st.runStep(ctx, best.OfferedRate/2, cfg.LatencyDur, tag+" lat@50%")
 	if err != nil {
 		return err

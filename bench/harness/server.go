@@ -54,7 +54,7 @@ type Server struct {
 }
 
 var (
-	listenTextRe = regexp.MustCompile(`\blistening\b.*?\baddr=("?)([^\s"]+)`)
+	listenTextRe = regexp.MustCompile(`\bmsg=listening\b.*?\baddr=("?)([^\s"]+)`) // the ready line, not "metrics listening" or "http listening"
 	listenJSONRe = regexp.MustCompile(`"msg":"listening"`)
 	addrJSONRe   = regexp.MustCompile(`"addr":"([^"]+)"`)
 	maxConnsRe   = regexp.MustCompile(`"?max_conns"?[=:]"?(\d+)`)

@@ -183,7 +183,8 @@ func (k *Kind) join(cl *client, token []byte) {
 	}
 	k.c.Joins++
 	cl.state, cl.r, cl.ch = clientJoined, r, r.ch
-	r.m.send(appendJoin(k.joinScratch[:0], cl.name, cl.Label, token))
+	k.scratch = appendJoin(k.scratch[:0], cl.name, cl.Label, token)
+	r.m.send(k.scratch)
 	r.ch.Join(&cl.Member)
 	k.debug("room client joined", "client", cl.id, "room", r.name, "monolith", r.m.id)
 }

@@ -18,7 +18,7 @@ const dnsTimeout = 5 * time.Second
 // targets are brought in line with it. A failed lookup keeps the Monoliths
 // already known (a DNS hiccup must not drop every room) and is logged once
 // per episode.
-func (k *Kind) pollDNS() {
+func (k *Kind) pollDNS(stop context.Context) {
 	defer close(k.dnsStopped)
 	cfg := &k.cfg
 	resolver := net.DefaultResolver
@@ -37,13 +37,16 @@ func (k *Kind) pollDNS() {
 	for {
 		select {
 		case <-timer.C:
-		case <-k.stopDNS:
+		case <-stop.Done():
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), dnsTimeout)
+		ctx, cancel := context.WithTimeout(stop, dnsTimeout)
 		ips, err := resolver.LookupNetIP(ctx, "ip", cfg.DNSName)
 		cancel()
 		timer.Reset(cfg.DNSInterval)
+		if stop.Err() != nil {
+			return
+		}
 		if err != nil {
 			k.off.dnsFailures.Add(1)
 			if !failing {

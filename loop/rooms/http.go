@@ -106,7 +106,7 @@ func (k *Kind) authorised(w http.ResponseWriter, r *http.Request) bool {
 		}
 	}
 	k.off.unauthorised.Add(1)
-	k.log.Info("refused balancer state request: invalid API key", "peer", r.RemoteAddr, "path", r.URL.Path)
+	k.offLog(&k.authLog, "refused balancer state requests: invalid API key", "last_peer", r.RemoteAddr, "path", r.URL.Path)
 	jsonError(w, http.StatusUnauthorized, "invalid API key")
 	return false
 }

@@ -151,7 +151,8 @@ func (m *monolith) dialled(c *loop.WSConn, err error) {
 	m.self.Conn = &c.Endpoint
 	m.state = linkHandshaking
 	m.deadline = k.hub.Now().Add(k.cfg.InitTimeout)
-	m.send(appendInit(k.joinScratch[:0], k.id, k.cfg.InitToken))
+	k.scratch = appendInit(k.scratch[:0], k.id, k.cfg.InitToken)
+	m.send(k.scratch)
 	k.debug("connected to Monolith, waiting for its init", "addr", t.addr)
 }
 

@@ -20,6 +20,7 @@
 package rooms
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"hash/fnv"
@@ -65,12 +66,12 @@ type Kind struct {
 	up           []*monolith // Monoliths whose handshake is done, in the order they came up
 	byID         map[string]*monolith
 	dnsAddrs     []string
-	dnsDone      bool // a DNS answer arrived (or DNS discovery is off)
-	stopDNS      chan struct{}
+	dnsDone      bool               // a DNS answer arrived (or DNS discovery is off)
+	stopDNS      context.CancelFunc // ends DNS discovery, even a lookup under way
 	dnsStopped   chan struct{}
 	stopping     bool
 	keyScratch   []byte
-	joinScratch  []byte
+	scratch      []byte // the balancer's own messages are built here: Hub.Send copies them
 	unmapReasons [unmapReasonCount]uint64
 
 	c          Counters
@@ -79,8 +80,9 @@ type Kind struct {
 	proxy      *httputil.ReverseProxy
 	proxySlots chan struct{}
 	rateLogs   rateLogs
-	// proxyFullLog and proxyErrLog are logged from the HTTP goroutines.
-	proxyFullLog, proxyErrLog offLogger
+	// proxyFullLog, proxyErrLog and authLog are logged from the HTTP
+	// goroutines.
+	proxyFullLog, proxyErrLog, authLog offLogger
 }
 
 // room is a room as this balancer knows it: where it is loaded, at which
@@ -157,14 +159,17 @@ func (k *Kind) Start(h *loop.Hub) error {
 		Say(loop.EndTimeout, "Monolith did not complete its handshake in time").
 		Say(loop.EndProtocol, "Monolith broke the WebSocket protocol").
 		Say(loop.EndDenied, "Monolith refused: init token").
-		Say(loop.EndMalformed, "Monolith sent a bad handshake")
+		Say(loop.EndMalformed, "Monolith sent a bad handshake").
+		Say(loop.EndRefused, "Monolith link refused or dropped")
 	h.Log().Info("room balancer", "id", k.id, "region", k.cfg.Region, "strategy", k.cfg.Strategy.String(),
 		"monoliths", len(k.cfg.Monoliths), "dns", k.cfg.DNSName)
 	k.dnsDone = k.cfg.DNSName == ""
 	k.syncTargets()
 	if k.cfg.DNSName != "" {
-		k.stopDNS, k.dnsStopped = make(chan struct{}), make(chan struct{})
-		go k.pollDNS()
+		var ctx context.Context
+		ctx, k.stopDNS = context.WithCancel(context.Background())
+		k.dnsStopped = make(chan struct{})
+		go k.pollDNS(ctx)
 	}
 	return nil
 }
@@ -180,7 +185,7 @@ func (k *Kind) Tick(*loop.Hub) {
 func (k *Kind) Shutdown(*loop.Hub) {
 	k.stopping = true
 	if k.stopDNS != nil {
-		close(k.stopDNS)
+		k.stopDNS()
 		<-k.dnsStopped
 		k.stopDNS = nil
 	}
@@ -257,14 +262,16 @@ func (k *Kind) addOrSync(m *monolith, ri roomInfo) {
 		k.c.Duplicates[dupOldUnloaded]++
 		k.hub.Log().Info("room loaded on two Monoliths: the earlier load wins, the other is told to unload",
 			"room", ri.name, "winner", m.id, "winner_epoch", ri.epoch, "loser", old.id, "loser_epoch", r.epoch)
-		old.send(appendUnload(k.joinScratch[:0], r.name))
+		k.scratch = appendUnload(k.scratch[:0], r.name)
+		old.send(k.scratch)
 		k.unmap(r, unmapDuplicate)
 		r = k.mapRoom(ri.name, m, ri.epoch)
 	case ri.epoch > r.epoch:
 		k.c.Duplicates[dupNewcomerUnloaded]++
 		k.hub.Log().Info("room loaded on two Monoliths: the earlier load wins, the other is told to unload",
 			"room", ri.name, "winner", r.m.id, "winner_epoch", r.epoch, "loser", m.id, "loser_epoch", ri.epoch)
-		m.send(appendUnload(k.joinScratch[:0], ri.name))
+		k.scratch = appendUnload(k.scratch[:0], ri.name)
+		m.send(k.scratch)
 		return
 	default:
 		k.c.Duplicates[dupEqual]++
