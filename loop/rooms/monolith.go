@@ -2,6 +2,7 @@ package rooms
 
 import (
 	"crypto/sha256"
+	"log/slog"
 	"crypto/subtle"
 	"net"
 	"net/url"
@@ -279,6 +280,7 @@ func (m *monolith) handshake(env envelope, err error) {
 	m.upAt = k.hub.Now()
 	k.byID[m.id] = m
 	k.up = append(k.up, m)
+	k.ring = nil
 	k.c.LinkMessages[msgInit]++
 	k.c.LinkAttempts[attemptConnected]++
 	t := m.t
@@ -326,7 +328,7 @@ func (m *monolith) roomMsg(payload []byte) {
 	if msg.client != nil {
 		cl := k.clientByID[string(msg.client)]
 		if cl == nil || cl.state != clientJoined || cl.r.m != m {
-			k.c.Unrouted++
+			m.unrouted("room_msg for a client that is not on this link", string(msg.client))
 			return
 		}
 		k.c.Unicasts++
@@ -336,11 +338,20 @@ func (m *monolith) roomMsg(payload []byte) {
 	k.keyScratch = appendRoomKey(k.keyScratch[:0], msg.room)
 	r := m.rooms[string(k.keyScratch)]
 	if r == nil || r.ch == nil {
-		k.c.Unrouted++
+		m.unrouted("room_msg for a room with no client here", string(msg.room))
 		return
 	}
 	k.c.Broadcasts++
 	r.ch.Broadcast(true, msg.payload)
+}
+
+// unrouted counts a message for a client or room that is not there (it
+// left while the message was on its way, usually) and logs it once per
+// episode.
+func (m *monolith) unrouted(what, target string) {
+	k := m.k
+	k.c.Unrouted++
+	k.rateLogs.unrouted.logAt(k, slog.LevelInfo, "Monolith message dropped: "+what, "monolith", m.id, "target", target)
 }
 
 // kick closes one client with the code the Monolith gives.
@@ -353,7 +364,7 @@ func (m *monolith) kick(payload []byte) {
 	}
 	cl := k.clientByID[string(id)]
 	if cl == nil || cl.state != clientJoined || cl.r.m != m {
-		k.c.Unrouted++
+		m.unrouted("kick for a client that is not on this link", string(id))
 		return
 	}
 	k.c.Kicks++
@@ -379,6 +390,7 @@ func (m *monolith) Ended(_ *loop.WSConn, reason loop.EndReason) {
 		for i, x := range k.up {
 			if x == m {
 				k.up = append(k.up[:i], k.up[i+1:]...)
+				k.ring = nil
 				break
 			}
 		}

@@ -20,6 +20,7 @@
 package rooms
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -64,6 +65,7 @@ type Kind struct {
 	rooms        map[string]*room    // by key
 	targets      map[string]*target
 	up           []*monolith // Monoliths whose handshake is done, in the order they came up
+	ring         ring        // the hash ring over the candidates; nil when they changed
 	byID         map[string]*monolith
 	dnsAddrs     []string
 	dnsDone      bool               // a DNS answer arrived (or DNS discovery is off)
@@ -312,7 +314,10 @@ func (k *Kind) pick(key string) *monolith {
 	}
 	switch k.cfg.Strategy {
 	case HashRing:
-		return hashRingPick(cands, key, k.cfg.HashWeight)
+		if k.ring == nil {
+			k.ring = newRing(cands, k.cfg.HashWeight)
+		}
+		return k.ring.pick(key)
 	case Random:
 		return cands[mrand.IntN(len(cands))]
 	}
@@ -333,44 +338,41 @@ func (k *Kind) locate(key string) *monolith {
 	return k.pick(key)
 }
 
-// hashRingPick places key on a ring with weight points per Monolith, each
-// at the FNV-1a hash of the Monolith's id and the point's number; the room
-// goes to the first point at or after its own hash. Every balancer that
-// sees the same Monoliths agrees, whatever order they came up in.
-func hashRingPick(cands []*monolith, key string, weight int) *monolith {
-	type point struct {
-		at uint64
-		m  *monolith
-	}
-	points := make([]point, 0, len(cands)*weight)
+// ring is a consistent-hash ring: weight points per Monolith, each at the
+// hash of the Monolith's id and the point's number, sorted. A room goes to
+// the first point at or after its own hash. Every balancer that sees the
+// same Monoliths agrees, whatever order they came up in.
+type ring []ringPoint
+
+type ringPoint struct {
+	at uint64
+	m  *monolith
+}
+
+func newRing(cands []*monolith, weight int) ring {
+	points := make(ring, 0, len(cands)*weight)
 	for _, m := range cands {
 		for i := range weight {
-			points = append(points, point{hash64(m.id + "#" + strconv.Itoa(i)), m})
+			points = append(points, ringPoint{hash64(m.id + "#" + strconv.Itoa(i)), m})
 		}
 	}
-	slices.SortFunc(points, func(a, b point) int {
-		switch {
-		case a.at < b.at:
-			return -1
-		case a.at > b.at:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(points, func(a, b ringPoint) int { return cmp.Compare(a.at, b.at) })
+	return points
+}
+
+func (r ring) pick(key string) *monolith {
 	h := hash64(key)
-	i, _ := slices.BinarySearchFunc(points, h, func(p point, h uint64) int {
-		switch {
-		case p.at < h:
-			return -1
-		case p.at > h:
-			return 1
-		}
-		return 0
-	})
-	if i == len(points) {
+	i, _ := slices.BinarySearchFunc(r, h, func(p ringPoint, h uint64) int { return cmp.Compare(p.at, h) })
+	if i == len(r) {
 		i = 0
 	}
-	return points[i].m
+	return r[i].m
+}
+
+// hashRingPick places key on the ring of cands; the kind keeps its ring
+// until the Monoliths change (ringFor).
+func hashRingPick(cands []*monolith, key string, weight int) *monolith {
+	return newRing(cands, weight).pick(key)
 }
 
 func hash64(s string) uint64 {
@@ -409,14 +411,16 @@ func newUUID() string {
 // at most one per interval with the count.
 type rateLog struct{ r loop.RateLog }
 
-func (l *rateLog) log(k *Kind, msg string, args ...any) {
+func (l *rateLog) log(k *Kind, msg string, args ...any) { l.logAt(k, slog.LevelWarn, msg, args...) }
+
+func (l *rateLog) logAt(k *Kind, level slog.Level, msg string, args ...any) {
 	if l.r.Due(k.hub.Now()) {
-		k.hub.Log().Warn(msg, append(args, "count", l.r.Take())...)
+		k.hub.Log().Log(context.Background(), level, msg, append(args, "count", l.r.Take())...)
 	}
 }
 
 type rateLogs struct {
-	rooms, monoliths, equal, clients, roomFull, noMonolith, badMessage, badKick rateLog
+	rooms, monoliths, equal, clients, roomFull, noMonolith, badMessage, badKick, unrouted rateLog
 }
 
 func randIntN(n int) int { return mrand.IntN(n) }
