@@ -2,8 +2,8 @@ package rooms
 
 import (
 	"crypto/sha256"
-	"log/slog"
 	"crypto/subtle"
+	"log/slog"
 	"net"
 	"net/url"
 	"strconv"
