@@ -94,7 +94,7 @@ func (k *Kind) syncTargets() {
 		if t.link == nil {
 			delete(k.targets, addr)
 		} else if t.link.c != nil {
-			t.link.c.End(loop.EndRefused, "no longer discovered")
+			t.link.c.EndWith(loop.EndRefused, ws.StatusNormalClosure, "no longer discovered")
 		}
 		// A dial under way finds the target unwanted when it completes.
 	}
