@@ -35,6 +35,9 @@ type Format struct {
 	// follows it (usually nothing); ok is false for an event the format
 	// does not carry (a raw socket hears no opened or closed).
 	frame FrameFunc
+	// seal, when set, finishes each encoding in place once its payload is
+	// there (dial.go: a client-side WebSocket masks its frames).
+	seal func(encoded []byte)
 }
 
 // FrameFunc encodes an event's framing: see Format.
@@ -104,6 +107,9 @@ func (e *encodings) span(o *outbox, f *Format, ev *Event) (int, int, bool) {
 		head, tail, x.ok = f.frame(o.arena, ev)
 		if x.ok {
 			o.arena = append(append(head, ev.Data...), tail...)
+			if f.seal != nil {
+				f.seal(o.arena[start:])
+			}
 		} else {
 			o.arena = o.arena[:start]
 		}
@@ -215,7 +221,7 @@ func (h *Hub) deliver(e *Endpoint, ev *Event) {
 		}
 		e.caughtUp()
 	}
-	if len(ev.Data) >= directWriteBytes {
+	if len(ev.Data) >= directWriteBytes && e.format.seal == nil {
 		if head, tail, ok := h.enc.header(e.format, ev); ok {
 			h.direct = append(h.direct, directWrite{e, head, tail})
 		}

@@ -108,10 +108,16 @@ func (l *Listener) serve() {
 		return
 	}
 	l.queue = &connQueue{conns: make(chan net.Conn), closed: make(chan struct{}), addr: l.ln.Addr()}
-	l.server = &http.Server{Handler: l.other, ReadHeaderTimeout: s.cfg.HandshakeTimeout, ErrorLog: nil}
+	l.server = &http.Server{Handler: l.other, ReadHeaderTimeout: s.cfg.HandshakeTimeout, ErrorLog: nil,
+		MaxHeaderBytes: s.cfg.MaxHeadBytes, IdleTimeout: otherIdleTimeout}
 	go func() { _ = l.server.Serve(l.queue) }()
 	go s.acceptSorted(l, tag)
 }
+
+// otherIdleTimeout closes a kept-alive connection of a ServeOther
+// handler that sends no new request: idle connections are not held
+// without bound.
+const otherIdleTimeout = 2 * time.Minute
 
 // close stops accepting; other's requests in flight are given until ctx ends.
 func (l *Listener) close(ctx context.Context) {

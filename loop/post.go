@@ -1,5 +1,10 @@
 package loop
 
+import (
+	"context"
+	"errors"
+)
+
 // Posting to the loop from other goroutines: a kind that serves requests
 // off the loop (net/http handlers on a listener's ServeOther, say) reaches
 // its state on the loop only through these.
@@ -18,4 +23,21 @@ func (s *Server) Do(fn func(h *Hub)) error {
 // loop has stopped.
 func (s *Server) Post(fn func(h *Hub)) bool {
 	return s.post(func() { fn(s.h) })
+}
+
+// Run runs fn on the loop and waits for it. If ctx ends first, Run returns
+// its error and fn may still run later.
+func (s *Server) Run(ctx context.Context, fn func(h *Hub)) error {
+	done := make(chan struct{})
+	if !s.post(func() { fn(s.h); close(done) }) {
+		return errors.New("the event loop is not running")
+	}
+	select {
+	case <-done:
+		return nil
+	case <-s.loopStopped:
+		return errors.New("the event loop stopped")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -94,6 +94,7 @@ type Server struct {
 	stopping      atomic.Bool
 	ready         atomic.Bool // el is set; the ticker may post
 	acceptWG      sync.WaitGroup
+	dials         dialer // outbound connections being made (dial.go)
 	loopStopped   chan struct{}
 	shutdownOnce  sync.Once
 	shutdownError error
@@ -244,6 +245,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		s.stopping.Store(true)
 		s.closeListeners(ctx)
+		s.dials.stop()
 		drained := make(chan struct{})
 		if s.post(func() {
 			s.h.shutdown()

@@ -1,9 +1,7 @@
 package loop
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"testing"
@@ -19,28 +17,9 @@ const pingPath = "/ping"
 // pingPath.
 func testServer(t *testing.T, tweak func(*Config)) *Server {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.HTTPAddr = "127.0.0.1:0"
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	if tweak != nil {
-		tweak(&cfg)
-	}
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Handle(pingPath, func(r *Request) { r.Respond(http.StatusOK, "", nil) })
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	})
-	return s
+	return testServerWithKind(t, tweak, func(s *Server) {
+		s.Handle(pingPath, func(r *Request) { r.Respond(http.StatusOK, "", nil) })
+	}, nil)
 }
 
 // dialIdle opens a connection that never sends a request head.

@@ -41,7 +41,8 @@ type WSConn struct {
 	maxMessage int
 	readAt     time.Time // when the peer last sent anything (wsping.go)
 
-	need       int // bytes that must be buffered before the next frame can be parsed
+	client     bool // the client side of the connection (dial.go): frames out are masked, frames in are not
+	need       int  // bytes that must be buffered before the next frame can be parsed
 	fragmented bool
 	fragOp     ws.OpCode
 	frag       *bytebufferpool.ByteBuffer // a fragmented message being reassembled
@@ -52,16 +53,34 @@ func (c *WSConn) Role() WSRole { return c.role }
 
 func (c *WSConn) opened(gnet.Conn) gnet.Action { return gnet.None }
 
-// traffic consumes every complete frame in the inbound buffer.
+// traffic consumes every complete frame in the inbound buffer. A paused
+// producer's pause is re-applied on the way out, however the frames ended:
+// gnet turns reading back on to deliver them.
 func (c *WSConn) traffic(gc gnet.Conn) gnet.Action {
 	c.readAt = c.hub.now
+	c.frames(gc)
+	switch {
+	case c.closing:
+		_, _ = gc.Discard(-1) // ended: nothing more it sends matters
+	case c.paused:
+		c.hub.repause(&c.Endpoint)
+	}
+	return gnet.None
+}
+
+// frames hands every complete frame to frame, until the buffer holds none
+// or the endpoint ends.
+func (c *WSConn) frames(gc gnet.Conn) {
 	for !c.closing {
 		avail := gc.InboundBuffered()
 		if avail < 2 || avail < c.need {
-			return gnet.None
+			return
 		}
 		head, _ := gc.Peek(min(avail, codec.MaxFrameHeaderLen))
 		state := ws.StateServerSide
+		if c.client {
+			state = ws.StateClientSide
+		}
 		if c.fragmented {
 			state = state.Set(ws.StateFragmented)
 		}
@@ -72,32 +91,29 @@ func (c *WSConn) traffic(gc gnet.Conn) gnet.Action {
 				reason = EndOversized
 			}
 			c.endWith(reason, codec.CloseCodeFor(err), err.Error())
-			break
+			return
 		}
 		if hn == 0 {
-			return gnet.None
+			return
 		}
 		if h.Length+int64(c.fragLen()) > int64(c.maxMessage) {
 			c.End(EndOversized, "message too large")
-			break
+			return
 		}
 		total := hn + int(h.Length)
 		if avail < total {
 			c.need = total
-			return gnet.None
+			return
 		}
 		c.need = 0
 		frame, _ := gc.Peek(total)
 		payload := frame[hn:]
-		ws.Cipher(payload, h.Mask, 0)
+		if h.Masked {
+			ws.Cipher(payload, h.Mask, 0)
+		}
 		c.frame(h, payload)
 		_, _ = gc.Discard(total)
 	}
-	if c.paused && !c.closing {
-		c.hub.repause(&c.Endpoint) // gnet turned reading back on to deliver this
-	}
-	_, _ = gc.Discard(-1) // ended: nothing more it sends matters
-	return gnet.None
 }
 
 func (c *WSConn) fragLen() int {
@@ -111,7 +127,7 @@ func (c *WSConn) fragLen() int {
 func (c *WSConn) frame(h ws.Header, payload []byte) {
 	switch h.OpCode {
 	case ws.OpPing:
-		c.hub.queueFrame(&c.Endpoint, ws.OpPong, payload)
+		c.queueControl(ws.OpPong, payload)
 		return
 	case ws.OpPong:
 		return
@@ -196,14 +212,8 @@ func (c *WSConn) endWith(reason EndReason, code ws.StatusCode, text string) {
 	if code == 0 {
 		code = reason.closeCode()
 	}
-	var frame [2 + 2 + ws.MaxControlFramePayloadSize]byte
-	var b []byte
-	if code == ws.StatusNoStatusRcvd {
-		b = codec.AppendFrameHeader(frame[:0], ws.OpClose, 0)
-	} else {
-		b = codec.AppendCloseFrame(frame[:0], code, text)
-	}
-	_, _ = c.conn.Write(b)
+	var frame [2 + 4 + 2 + ws.MaxControlFramePayloadSize]byte
+	_, _ = c.conn.Write(c.appendClose(frame[:0], code, text))
 	c.role.Ended(c, reason)
 	if c.conn.OutboundBuffered() == 0 {
 		h.closeConn(c.conn)

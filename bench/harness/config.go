@@ -56,12 +56,14 @@ type Config struct {
 	TopicSubscribers   []int   `json:"topic_subscribers"`
 	TopicDeliveryStart float64 `json:"topic_delivery_start"` // first step, in deliveries/s
 	TopicBatch         int     `json:"topic_batch"`          // messages per publisher write(2)
+	RoomsClients       []int   `json:"rooms_broadcast_clients"`
+	RoomsIngestClients int     `json:"rooms_ingest_clients"`
 
 	Logf func(format string, args ...any) `json:"-"`
 }
 
 // AllScenarios in suite order.
-var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn", "topic"}
+var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn", "topic", "rooms"}
 
 // SuiteConfig returns the preset for "quick" or "standard".
 func SuiteConfig(name string) (Config, error) {
@@ -101,6 +103,8 @@ func SuiteConfig(name string) (Config, error) {
 		c.TopicSubscribers = []int{100, 1000}
 		c.TopicDeliveryStart = 100000
 		c.TopicBatch = 1
+		c.RoomsClients = []int{100, 1000}
+		c.RoomsIngestClients = 1000
 	case "quick":
 		c.StepDur = 300 * time.Millisecond
 		c.DrainMax = time.Second
@@ -124,6 +128,8 @@ func SuiteConfig(name string) (Config, error) {
 		c.TopicSubscribers = []int{10, 50}
 		c.TopicDeliveryStart = 2000
 		c.TopicBatch = 1
+		c.RoomsClients = []int{10, 50}
+		c.RoomsIngestClients = 50
 	default:
 		return c, fmt.Errorf("unknown suite %q (quick, standard)", name)
 	}
@@ -220,6 +226,7 @@ var scenarioFuncs = map[string]struct {
 	"idle":   {"6. idle memory (server RSS per connection)", runIdle},
 	"churn":  {"7. churn (connect → OPENED → close → CLOSED)", runChurn},
 	"topic":  {"8. relay topic (1 publisher → S subscribers, 64 B messages)", runTopic},
+	"rooms":  {"8. rooms (OpenTogetherTube balancer: one Monolith broadcasting to a room; clients sending to it)", runRooms},
 }
 
 // Run executes the configured scenarios and returns the report. A scenario

@@ -47,13 +47,18 @@ type Server struct {
 	lines    int
 	warnings int
 	warnTail []string
+
+	// listeners are the kinds' own HTTP listeners, by name, from their
+	// msg="http listening" lines (logged before the ready line).
+	listeners map[string]string
 }
 
 var (
-	listenTextRe = regexp.MustCompile(`(?:^|\s)msg=listening\s.*?\baddr=("?)([^\s"]+)`)
+	listenTextRe = regexp.MustCompile(`\bmsg=listening\b.*?\baddr=("?)([^\s"]+)`) // the ready line, not "metrics listening" or "http listening"
 	listenJSONRe = regexp.MustCompile(`"msg":"listening"`)
 	addrJSONRe   = regexp.MustCompile(`"addr":"([^"]+)"`)
 	maxConnsRe   = regexp.MustCompile(`"?max_conns"?[=:]"?(\d+)`)
+	listenerRe   = regexp.MustCompile(`msg="http listening" name=(\S+) addr=(\S+)`)
 )
 
 var devPortNext atomic.Int64
@@ -161,6 +166,12 @@ func StartServer(ctx context.Context, o ServerOpts) (*Server, error) {
 					s.maxConns, _ = strconv.Atoi(m[1])
 				}
 			}
+			if m := listenerRe.FindStringSubmatch(line); m != nil {
+				if s.listeners == nil {
+					s.listeners = map[string]string{}
+				}
+				s.listeners[m[1]] = m[2]
+			}
 			s.lines++
 			s.tail = append(s.tail, line)
 			if len(s.tail) > 40 {
@@ -231,6 +242,13 @@ func (s *Server) LogStats() (lines, warnings int, warnTail []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lines, s.warnings, append([]string(nil), s.warnTail...)
+}
+
+// Listener is the address of a kind's own HTTP listener ("rooms"), or "".
+func (s *Server) Listener(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.listeners[name]
 }
 
 // MaxConns is the device-connection cap the server logged when it lowered

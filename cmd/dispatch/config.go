@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	drv "github.com/placeos-gnet/dispatch/loop/driver"
 	"github.com/placeos-gnet/dispatch/loop/groups"
 	"github.com/placeos-gnet/dispatch/loop/relay"
+	"github.com/placeos-gnet/dispatch/loop/rooms"
 )
 
 // env reads a setting from the environment or, when the variable is not
@@ -76,8 +78,10 @@ type options struct {
 	dispatch  dispatch.Config // device ports
 	groups    groups.Config   // socket groups
 	relay     relay.Config    // relay topics
+	rooms     rooms.Config    // the room balancer
 	curlURL   string
 	metrics   string
+	prom      http.Handler // the Prometheus registry, served by --metrics and the room balancer
 	version   bool
 	logFormat string
 	logLevel  slog.Level
@@ -118,7 +122,13 @@ func parseOptions(args []string, e env) (*options, error) {
 	if n, err := strconv.Atoi(o.relay.Listen); err == nil {
 		o.relay.Listen = netJoin(o.host, n)
 	}
+	if port, err := strconv.Atoi(o.rooms.Addr); err == nil {
+		o.rooms.Addr = netJoin(o.host, port) // a bare port is on --bind
+	}
 	o.readEnvironmentOnly(e)
+	if region, ok := e.get("FLY_REGION"); ok && region != "" && !o.isSet("rooms-region", e) {
+		o.rooms.Region = region
+	}
 	if v, ok := e.get("LOG_LEVEL"); ok && v != "" {
 		if err := o.logLevel.UnmarshalText([]byte(v)); err != nil {
 			return nil, fmt.Errorf("LOG_LEVEL: %w", err)
@@ -131,7 +141,7 @@ func parseOptions(args []string, e env) (*options, error) {
 // the flag set that parses them.
 func newOptions() *options {
 	o := &options{core: loop.DefaultConfig(), driver: drv.DefaultConfig(), dispatch: dispatch.DefaultConfig(),
-		groups: groups.DefaultConfig(), relay: relay.DefaultConfig(), host: "127.0.0.1", port: 3000}
+		groups: groups.DefaultConfig(), relay: relay.DefaultConfig(), rooms: rooms.DefaultConfig(), host: "127.0.0.1", port: 3000}
 	c, d, p, g, r := &o.core, &o.driver, &o.dispatch, &o.groups, &o.relay
 	o.add("bind", "b", "SG_SERVER_HOST", "HTTP/WebSocket bind host", (*stringValue)(&o.host), nil)
 	o.add("port", "p", "SG_SERVER_PORT", "HTTP/WebSocket port (0 picks a free one)", (*intValue)(&o.port), inRange(&o.port, 0, 65535))
@@ -178,6 +188,7 @@ func newOptions() *options {
 	o.add("relay-max-codes", "", "DISPATCH_RELAY_MAX_CODES", "relay codes outstanding; more access requests are refused with 503", (*intValue)(&r.MaxCodes), atLeast(&r.MaxCodes, 1))
 	o.add("relay-metrics-topics", "", "DISPATCH_RELAY_METRICS_TOPICS", "largest relay topics given series of their own in metrics; the rest are summed as topic=\"_other\"", (*intValue)(&r.MetricsTopics), atLeast(&r.MetricsTopics, 0))
 	o.add("relay-allow-no-booking-id", "", "DISPATCH_RELAY_ALLOW_NO_BOOKING_ID", "accept relay tokens without a booking_id", (*boolValue)(&r.AllowNoBookingID), nil)
+	o.addRooms()
 
 	// The flag package prints nothing: run decides where help and errors go.
 	fs := flag.NewFlagSet("dispatch", flag.ContinueOnError)
@@ -195,6 +206,44 @@ func newOptions() *options {
 	fs.BoolVar(&o.version, "v", false, "short for --version")
 	o.flags = fs
 	return o
+}
+
+// addRooms declares the room balancer's settings.
+func (o *options) addRooms() {
+	r := &o.rooms
+	o.add("rooms-addr", "", "DISPATCH_ROOMS_ADDR", "room balancer listener: port (on --bind) or host:port; empty: off", (*stringValue)(&r.Addr), listenAddr(&r.Addr))
+	o.add("rooms-monoliths", "", "DISPATCH_ROOMS_MONOLITHS", "comma-separated host:port of Monolith balancing ports to dial", (*monolithsValue)(&r.Monoliths), nil)
+	o.add("rooms-dns", "", "DISPATCH_ROOMS_DNS", "name:port: Monoliths are the name's A/AAAA records, at that balancing port; empty: off", &dnsValue{&r.DNSName, &r.DNSPort}, nil)
+	o.add("rooms-dns-interval", "", "DISPATCH_ROOMS_DNS_INTERVAL", "how often --rooms-dns is resolved again", (*durationValue)(&r.DNSInterval), positive(&r.DNSInterval))
+	o.add("rooms-dns-server", "", "DISPATCH_ROOMS_DNS_SERVER", "DNS server for --rooms-dns, ip or ip:port; empty: the system's", (*dnsServerValue)(&r.DNSServer), nil)
+	o.add("rooms-strategy", "", "DISPATCH_ROOMS_STRATEGY", "where a new room goes: min-rooms, hash-ring or random", (*strategyValue)(&r.Strategy), nil)
+	o.add("rooms-hash-weight", "", "DISPATCH_ROOMS_HASH_WEIGHT", "points per Monolith on the hash ring", (*intValue)(&r.HashWeight), inRange(&r.HashWeight, 1, 1000))
+	o.add("rooms-region", "", "DISPATCH_ROOMS_REGION", "the balancer's region: Monoliths in it are preferred (else FLY_REGION)", (*stringValue)(&r.Region), nil)
+	o.add("rooms-api-key", "", "DISPATCH_ROOMS_API_KEY", "Bearer key of /api/balancing and /api/state; empty: they answer 401", (*secretValue)(&r.APIKey), nil)
+	o.add("rooms-init-token", "", "DISPATCH_ROOMS_INIT_TOKEN", "shared token sent in init and required in the Monolith's; empty: none", (*secretValue)(&r.InitToken), nil)
+	o.add("rooms-auth-timeout", "", "DISPATCH_ROOMS_AUTH_TIMEOUT", "time a room client has to send its auth message (close 4004)", (*durationValue)(&r.AuthTimeout), positive(&r.AuthTimeout))
+	o.add("rooms-init-timeout", "", "DISPATCH_ROOMS_INIT_TIMEOUT", "time a Monolith has to connect and send its init", (*durationValue)(&r.InitTimeout), positive(&r.InitTimeout))
+	o.add("rooms-connect-retry", "", "DISPATCH_ROOMS_CONNECT_RETRY", "wait before dialling a Monolith again after a failed connection or handshake", (*durationValue)(&r.ConnectRetry), positive(&r.ConnectRetry))
+	o.add("rooms-reconnect-delay", "", "DISPATCH_ROOMS_RECONNECT_DELAY", "wait before dialling a Monolith again after its link ended", (*durationValue)(&r.ReconnectDelay), positive(&r.ReconnectDelay))
+	o.add("rooms-max-clients", "", "DISPATCH_ROOMS_MAX_CLIENTS", "room clients at once; more are refused with 503", (*intValue)(&r.MaxClients), atLeast(&r.MaxClients, 1))
+	o.add("rooms-max-room-clients", "", "DISPATCH_ROOMS_MAX_ROOM_CLIENTS", "clients of one room on this balancer; more are closed with 1013", (*intValue)(&r.MaxRoomClients), atLeast(&r.MaxRoomClients, 1))
+	o.add("rooms-max-rooms", "", "DISPATCH_ROOMS_MAX_ROOMS", "rooms tracked at once", (*intValue)(&r.MaxRooms), atLeast(&r.MaxRooms, 1))
+	o.add("rooms-max-message-bytes", "", "DISPATCH_ROOMS_MAX_MESSAGE_BYTES", "largest room client message; past it: close 1009", (*intValue)(&r.MaxMessageBytes), atLeast(&r.MaxMessageBytes, 1024))
+	o.add("rooms-max-monolith-message-bytes", "", "DISPATCH_ROOMS_MAX_MONOLITH_MESSAGE_BYTES", "largest Monolith message; past it the link is closed (1009)", (*intValue)(&r.MaxLinkMessageBytes), atLeast(&r.MaxLinkMessageBytes, 64<<10))
+	o.add("rooms-max-client-pending", "", "DISPATCH_ROOMS_MAX_CLIENT_PENDING", "unsent bytes per room client; past it the client is closed (1008)", (*intValue)(&r.MaxClientPending), atLeast(&r.MaxClientPending, 64<<10))
+	o.add("rooms-max-monolith-pending", "", "DISPATCH_ROOMS_MAX_MONOLITH_PENDING", "unsent bytes per Monolith link; past it the link is closed (its clients are held back from --high-water on)", (*intValue)(&r.MaxLinkPending), atLeast(&r.MaxLinkPending, 64<<10))
+	o.add("rooms-max-proxy", "", "DISPATCH_ROOMS_MAX_PROXY", "HTTP requests proxied to Monoliths at once; more are answered 503", (*intValue)(&r.MaxProxy), atLeast(&r.MaxProxy, 1))
+	o.add("rooms-metrics-rooms", "", "DISPATCH_ROOMS_METRICS_ROOMS", "largest rooms given series of their own in metrics; the rest are summed as room=\"_other\"", (*intValue)(&r.MetricsRooms), atLeast(&r.MetricsRooms, 0))
+}
+
+// isSet reports whether a setting was given by its flag or its variable.
+func (o *options) isSet(long string, e env) bool {
+	set := false
+	o.flags.Visit(func(f *flag.Flag) { set = set || f.Name == long })
+	if v, ok := e.get(o.setting(long).envName); ok && v != "" {
+		set = true
+	}
+	return set
 }
 
 func (o *options) add(long, short, envName, usage string, v flag.Value, check func() error) {
@@ -445,6 +494,63 @@ func (v *groupHostsValue) String() string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// secretValue never shows its value: the configuration line and -h say
+// only whether it is set.
+type secretValue string
+
+func (v *secretValue) Set(s string) error { *v = secretValue(s); return nil }
+func (v *secretValue) String() string {
+	if *v == "" {
+		return ""
+	}
+	return "(set)"
+}
+
+type monolithsValue []string
+
+func (v *monolithsValue) Set(s string) error {
+	list, err := rooms.ParseMonoliths(s)
+	*v = list
+	return err
+}
+func (v *monolithsValue) String() string { return strings.Join(*v, ",") }
+
+type dnsValue struct {
+	name *string
+	port *int
+}
+
+func (v *dnsValue) Set(s string) error {
+	name, port, err := rooms.ParseDNS(s)
+	*v.name, *v.port = name, port
+	return err
+}
+
+func (v *dnsValue) String() string {
+	if v.name == nil || *v.name == "" {
+		return ""
+	}
+	return net.JoinHostPort(*v.name, strconv.Itoa(*v.port))
+}
+
+type dnsServerValue string
+
+func (v *dnsServerValue) Set(s string) error {
+	server, err := rooms.ParseDNSServer(s)
+	*v = dnsServerValue(server)
+	return err
+}
+func (v *dnsServerValue) String() string { return string(*v) }
+
+type strategyValue rooms.Strategy
+
+func (v *strategyValue) Set(s string) error {
+	st, err := rooms.ParseStrategy(s)
+	*v = strategyValue(st)
+	return err
+}
+func (v *strategyValue) String() string { return rooms.Strategy(*v).String() }
 
 type udpMembersValue []netip.AddrPort
 

@@ -24,6 +24,7 @@ import (
 	"github.com/placeos-gnet/dispatch/loop/dispatch"
 	"github.com/placeos-gnet/dispatch/loop/groups"
 	"github.com/placeos-gnet/dispatch/loop/relay"
+	"github.com/placeos-gnet/dispatch/loop/rooms"
 )
 
 // Set at build time with -ldflags "-X main.version=...".
@@ -106,7 +107,7 @@ func start(srv *loop.Server, o *options, log *slog.Logger) (*http.Server, int) {
 	}
 	var metrics *http.Server
 	if metricsLn != nil {
-		metrics = serveMetrics(metricsLn, srv, log)
+		metrics = serveMetrics(metricsLn, o.prom, log)
 	}
 	return metrics, 0
 }
@@ -216,6 +217,11 @@ func newServer(o *options) (*loop.Server, error) {
 		return nil, err
 	}
 	if _, err := relay.Register(srv, o.relay); err != nil {
+		return nil, err
+	}
+	o.prom = metricsHandler(srv)
+	o.rooms.Metrics = o.prom // the balancer's /api/status/metrics
+	if _, err := rooms.Register(srv, o.rooms); err != nil {
 		return nil, err
 	}
 	return srv, nil

@@ -33,18 +33,24 @@ func listenMetrics(addr string) (net.Listener, error) {
 	return net.Listen("tcp", metricsAddr(addr))
 }
 
-// serveMetrics answers Prometheus (/metrics) and pprof (/debug/pprof/) on
-// ln. It runs on its own goroutines, never on the loop: scrapes read the
-// counters the loop last published.
-func serveMetrics(ln net.Listener, srv *loop.Server, log *slog.Logger) *http.Server {
+// metricsHandler is the Prometheus exposition of the server's one
+// registry: the loop's published counters, the Go runtime and the process.
+// Scrapes run on their own goroutines, never on the loop.
+func metricsHandler(srv *loop.Server) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		stats.NewCollector(srv.Snapshot),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+// serveMetrics answers Prometheus (/metrics, with metrics) and pprof
+// (/debug/pprof/) on ln.
+func serveMetrics(ln net.Listener, metrics http.Handler, log *slog.Logger) *http.Server {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", metrics)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

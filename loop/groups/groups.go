@@ -38,8 +38,8 @@ type Kind struct {
 	hosts    map[netip.Addr]string // preconfigured TCP hosts and their group
 	conns    int                   // TCP group connections, joining or joined
 	nextID   uint64                // TCP member ids, unique across groups and never reused
-	joining  fifo[*member]         // by join deadline; entries that have joined since are skipped
-	expiring fifo[*udpMember]      // UDP members by the time their idleness is next checked
+	joining  queue[*member]        // by join deadline; entries that have joined since are skipped
+	expiring queue[*udpMember]     // UDP members by the time their idleness is next checked
 
 	refusedLog      loop.RateLog // joins refused
 	unregisteredLog loop.RateLog // datagrams from non-members dropped
@@ -166,8 +166,8 @@ func (k *Kind) Tick(*loop.Hub) {
 // Shutdown closes the group listeners and every group; members are closed.
 func (k *Kind) Shutdown(*loop.Hub) {
 	k.closeTCPListener()
-	for m, ok := k.joining.front(); ok; m, ok = k.joining.front() {
-		k.joining.pop()
+	for m, ok := k.joining.Front(); ok; m, ok = k.joining.Front() {
+		k.joining.Pop()
 		if m.state == memberJoining {
 			m.c.End(loop.EndShutdown, "")
 		}

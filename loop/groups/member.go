@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"time"
 
+	"github.com/placeos-gnet/dispatch/internal/fifo"
 	"github.com/placeos-gnet/dispatch/loop"
 )
 
@@ -56,7 +57,7 @@ func (m *member) Open(c *loop.TCPConn) bool {
 	}
 	m.state = memberJoining
 	m.deadline = h.Now().Add(k.cfg.JoinTimeout)
-	k.joining.push(m)
+	k.joining.Push(m)
 	return true
 }
 
@@ -176,8 +177,8 @@ func (m *member) Ended(*loop.TCPConn, loop.EndReason) {
 func (k *Kind) expireJoins() {
 	q := &k.joining
 	now := k.hub.Now()
-	for m, ok := q.front(); ok && !m.deadline.After(now); m, ok = q.front() {
-		q.pop()
+	for m, ok := q.Front(); ok && !m.deadline.After(now); m, ok = q.Front() {
+		q.Pop()
 		if m.state != memberJoining {
 			continue
 		}
@@ -196,34 +197,5 @@ func (k *Kind) expireJoins() {
 	}
 }
 
-// fifo is a queue that reuses its backing array.
-type fifo[T any] struct {
-	items []T
-	head  int
-}
-
-func (q *fifo[T]) push(x T) { q.items = append(q.items, x) }
-
-func (q *fifo[T]) front() (T, bool) {
-	if q.head == len(q.items) {
-		var zero T
-		return zero, false
-	}
-	return q.items[q.head], true
-}
-
-// pop drops the front item; the array is compacted once half of it is
-// consumed, so each item is moved at most once on average.
-func (q *fifo[T]) pop() {
-	var zero T
-	q.items[q.head] = zero
-	q.head++
-	switch {
-	case q.head == len(q.items):
-		q.items, q.head = q.items[:0], 0
-	case q.head >= 64 && 2*q.head >= len(q.items):
-		n := copy(q.items, q.items[q.head:])
-		clear(q.items[n:])
-		q.items, q.head = q.items[:n], 0
-	}
-}
+// queue is a FIFO that reuses its backing array.
+type queue[T any] = fifo.Queue[T]

@@ -144,7 +144,7 @@ func (g *group) addUDPMember(addr netip.AddrPort, permanent bool) *udpMember {
 	g.udpMembers[addr] = m
 	if !permanent {
 		m.checkAt = now.Add(k.cfg.UDPIdle)
-		k.expiring.push(m)
+		k.expiring.Push(m)
 	}
 	k.c.Joins++
 	k.hub.Log().Debug("socket group UDP member registered", "group", g.id, "member", addr.String(), "preconfigured", permanent)
@@ -173,15 +173,15 @@ func (m *udpMember) Receive(data []byte) {
 func (k *Kind) expireUDPMembers() {
 	q := &k.expiring
 	now := k.hub.Now()
-	for m, ok := q.front(); ok && !m.checkAt.After(now); m, ok = q.front() {
-		q.pop()
+	for m, ok := q.Front(); ok && !m.checkAt.After(now); m, ok = q.Front() {
+		q.Pop()
 		g := m.g
 		if g.udpMembers[m.addr] != m {
 			continue // gone with its group
 		}
 		if due := m.lastSeen.Add(k.cfg.UDPIdle); due.After(now) {
 			m.checkAt = due
-			q.push(m)
+			q.Push(m)
 			continue
 		}
 		delete(g.udpMembers, m.addr)

@@ -87,12 +87,15 @@ func main() {
 		topicSubs     intList
 		churnDur      = flag.Duration("churn-time", 0, "churn: duration per concurrency level")
 		topicBatch    = flag.Int("topic-batch", 0, "topic: messages per publisher write(2) (1: one write per message)")
+		roomsClients  intList
+		roomsIngest   = flag.Int("rooms-ingest-clients", 0, "rooms: clients sending to the Monolith")
 	)
 	flag.Var(&serverArgs, "server-arg", "extra server flag (repeatable), e.g. -server-arg=--max-device-pending=4194304")
 	flag.Var(&serverEnv, "server-env", "extra server environment variable (repeatable), e.g. -server-env GODEBUG=gctrace=1")
 	flag.Var(&idleDevices, "idle-devices", "idle: device counts to measure, e.g. 10000,50000")
 	flag.Var(&churnConc, "churn-conc", "churn: concurrency levels, e.g. 1,8,32")
 	flag.Var(&topicSubs, "topic-subs", "topic: subscriber counts, e.g. 100,1000")
+	flag.Var(&roomsClients, "rooms-clients", "rooms: room sizes the Monolith broadcasts to, e.g. 100,1000")
 	flag.Parse()
 
 	if *render != "" {
@@ -156,6 +159,8 @@ func main() {
 	ov("topic-subs", func() { cfg.TopicSubscribers = topicSubs })
 	ov("topic-batch", func() { cfg.TopicBatch = *topicBatch })
 	ov("churn-time", func() { cfg.ChurnDur = *churnDur })
+	ov("rooms-clients", func() { cfg.RoomsClients = roomsClients })
+	ov("rooms-ingest-clients", func() { cfg.RoomsIngestClients = *roomsIngest })
 
 	ncpu := runtime.NumCPU()
 	if cfg.ServerCPU >= ncpu || cfg.HarnessCPU >= ncpu {
