@@ -50,6 +50,9 @@ type Channel struct {
 	// interest can tell it is stale.
 	version uint64
 	closed  bool
+	// span carries the channel to other replicas when a cluster bus is
+	// attached and the kind spans (span.go); nil otherwise.
+	span Span
 }
 
 // Member is an endpoint that produces and consumes a channel's payloads: a
@@ -72,6 +75,10 @@ type Member struct {
 	// Transient members (the sources of datagrams) never join: their
 	// identity changes with every event, so their interest is not cached.
 	Transient bool
+	// Remote marks the record of a member held by another replica
+	// (span.go): its events arrived over the cluster bus and payloads for
+	// it go back there.
+	Remote bool
 
 	ch              *Channel
 	slot            int
@@ -88,6 +95,8 @@ type Receiver interface {
 // Upstream is an endpoint that sees a channel multiplexed: every member's
 // events, tagged with its identity, for the members its filter admits.
 type Upstream struct {
+	// Out is where its events are queued; nil for the interest of another
+	// replica (span.go), which the cluster bus carries there.
 	Out    *Endpoint
 	Filter Filter // nil admits every member
 	ch     *Channel
@@ -116,6 +125,7 @@ func (h *Hub) OpenChannel(key Key, p Policy, owner Owner, max int) (*Channel, er
 	ch := &Channel{Key: key, Policy: p, hub: h, owner: owner, version: 1}
 	h.channels[key] = ch
 	h.kindChannels[key.Kind]++
+	h.span(ch)
 	return ch, nil
 }
 
@@ -148,6 +158,9 @@ func (ch *Channel) Close() {
 	h := ch.hub
 	delete(h.channels, ch.Key)
 	h.kindChannels[ch.Key.Kind]--
+	if ch.span != nil {
+		ch.span.Closed()
+	}
 }
 
 // Closed reports whether the channel was closed.
@@ -161,6 +174,9 @@ func (ch *Channel) Join(m *Member) {
 	}
 	m.slot = len(ch.members)
 	ch.members = append(ch.members, m)
+	if ch.span != nil {
+		ch.span.Joined(m)
+	}
 	ch.Publish(MemberOpened, m, false, nil)
 }
 
@@ -179,6 +195,9 @@ func (ch *Channel) Leave(m *Member) {
 	ch.members[last] = nil
 	ch.members = ch.members[:last]
 	m.ch = nil
+	if ch.span != nil && !m.Remote {
+		ch.span.Left(m)
+	}
 	ch.Publish(MemberClosed, m, false, nil)
 }
 
@@ -201,6 +220,12 @@ func (ch *Channel) Attach(u *Upstream) {
 	u.ch = ch
 	ch.upstreams = append(ch.upstreams, u)
 	ch.version++
+	if u.Out == nil {
+		return // another replica's interest: it hears of members from theirs
+	}
+	if ch.span != nil {
+		ch.span.Changed()
+	}
 	if !ch.Policy.Announce {
 		return
 	}
@@ -231,6 +256,9 @@ func (ch *Channel) Detach(u *Upstream) {
 	i := slices.Index(ch.upstreams, u)
 	ch.upstreams = slices.Delete(ch.upstreams, i, i+1)
 	ch.version++
+	if ch.span != nil && u.Out != nil {
+		ch.span.Changed()
+	}
 	if !ch.closed {
 		ch.owner.Detached(ch, u)
 	}

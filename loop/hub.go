@@ -77,6 +77,11 @@ type Hub struct {
 	// not close it synchronously.
 	current gnet.Conn
 
+	// A cluster bus and what spans through it (span.go); nil when alone.
+	bus      Bus
+	spanning map[string]func(name string) *Channel
+	answers  map[string]func() []byte
+
 	tickInterval time.Duration // set before the loop starts, read by OnTick
 	c            stats.Core
 	lag          stats.LagHistogram
