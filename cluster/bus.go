@@ -102,6 +102,7 @@ type Bus struct {
 	out      *outQueue
 	in       chan *nats.Msg
 	stop     chan struct{}
+	stopOnce sync.Once
 	wg       sync.WaitGroup
 	inDrops  dropCounter // messages NATS dropped for us (slow consumer), counted off the loop
 
@@ -239,9 +240,8 @@ func (b *Bus) connect() error {
 	return nil
 }
 
-// startEmbedded runs a NATS server without a client port (this process
-// connects in-process), accepting routes on cfg.Route and routing to the
-// peers.
+// startEmbedded runs a NATS server that this process connects to
+// in-process, accepting routes on cfg.Route and routing to the peers.
 func (b *Bus) startEmbedded() (*server.Server, error) {
 	host, portText, err := splitHostPort(b.cfg.Route)
 	if err != nil {
@@ -250,7 +250,10 @@ func (b *Bus) startEmbedded() (*server.Server, error) {
 	port, _ := strconv.Atoi(portText)
 	opts := &server.Options{
 		ServerName: fmt.Sprintf("%s-%x", b.cfg.Name, b.instance),
-		DontListen: true,
+		// This process connects in-process; the client port exists only
+		// because routing waits for it, so it is loopback and random.
+		Host: "127.0.0.1",
+		Port: server.RANDOM_PORT,
 		NoSigs:     true,
 		NoLog:      true,
 		Cluster:    server.ClusterOpts{Name: b.cfg.Name, Host: host, Port: port},
@@ -420,24 +423,41 @@ func (b *Bus) Start(h *loop.Hub) error {
 	return nil
 }
 
-// Shutdown implements loop.Kind: say bye, and stop the pumps once it is out.
-func (b *Bus) Shutdown(*loop.Hub) {
+// Shutdown implements loop.Kind: once every kind has closed its channels
+// (their members' CLOSED go out first), say bye and let the sender drain.
+func (b *Bus) Shutdown(h *loop.Hub) {
+	if !h.Post(b.finish) {
+		b.finish()
+	}
+}
+
+func (b *Bus) finish() {
 	if b.connected {
-		msg := AppendSimple(b.header(), FrameBye)
-		b.pending = append(b.pending, outMsg{op: opPub, subject: b.prefix + ".all", data: msg})
+		b.pending = append(b.pending, outMsg{op: opPub, subject: b.prefix + ".all", data: AppendSimple(b.header(), FrameBye)})
 	}
 	b.flush()
 	b.out.close()
-	go func() {
-		b.wg.Wait()
-		b.shutdownNATS()
-	}()
+	b.stopOnce.Do(func() { close(b.stop) })
+}
+
+// Close waits, at most d, for what was queued to reach NATS, then closes
+// the connection and the embedded server. Call it once the server stopped.
+func (b *Bus) Close(d time.Duration) {
+	b.out.close()
+	b.stopOnce.Do(func() { close(b.stop) })
+	drained := make(chan struct{})
+	go func() { b.wg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(d):
+	}
+	b.shutdownNATS()
 }
 
 func (b *Bus) shutdownNATS() {
-	close(b.stop)
+	b.stopOnce.Do(func() { close(b.stop) })
 	if b.nc != nil {
-		_ = b.nc.Flush()
+		_ = b.nc.FlushTimeout(time.Second)
 		b.nc.Close()
 	}
 	if b.ns != nil {
@@ -475,7 +495,7 @@ func (b *Bus) reconnected() {
 		return
 	}
 	b.connected = true
-	now := b.hub.Now()
+	now := time.Now()
 	for _, p := range b.peers {
 		p.lastSeen = now
 	}
@@ -494,7 +514,7 @@ func (b *Bus) hello() {
 
 // Tick implements loop.Kind: heartbeats, silent peers, late answers.
 func (b *Bus) Tick(h *loop.Hub) {
-	now := h.Now()
+	now := time.Now()
 	if b.connected && now.Sub(b.lastBeat) >= b.cfg.PeerTimeout/3 {
 		b.lastBeat = now
 		b.queueAll(AppendSimple(b.header(), FrameHeartbeat))

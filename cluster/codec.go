@@ -28,22 +28,22 @@ const (
 type FrameType uint8
 
 const (
-	FrameChannel   FrameType = iota + 1 // kind, name: the channel of the frames after it
-	FrameEvent                          // a member's event: opened, data, closed
-	FrameWrite                          // a payload for a member held by the receiver
-	FrameClose                          // close a member held by the receiver
-	FrameBroadcast                      // an upstream's payload for every member
-	FrameSnapBegin                      // the members the sender holds in the channel follow
-	FrameSnapMember                     // one of them
-	FrameSnapEnd                        // that was all of them
-	FrameInterest                       // what the sender wants of the channel
-	FrameResetBegin                     // the sender's whole interest follows
-	FrameResetEnd                       // that was all of it
-	FrameHeartbeat                      // the sender is alive
-	FrameHello                          // the sender (re)joined: send it your interest
-	FrameBye                            // the sender is leaving
-	FrameQuery                          // answer topic to the sender (id)
-	FrameAnswer                         // an answer to query id
+	FrameChannel    FrameType = iota + 1 // kind, name: the channel of the frames after it
+	FrameEvent                           // a member's event: opened, data, closed
+	FrameWrite                           // a payload for a member held by the receiver
+	FrameClose                           // close a member held by the receiver
+	FrameBroadcast                       // an upstream's payload for every member
+	FrameSnapBegin                       // the members the sender holds in the channel follow
+	FrameSnapMember                      // one of them
+	FrameSnapEnd                         // that was all of them
+	FrameInterest                        // what the sender wants of the channel
+	FrameResetBegin                      // the sender's whole interest follows
+	FrameResetEnd                        // that was all of it
+	FrameHeartbeat                       // the sender is alive
+	FrameHello                           // the sender (re)joined: send it your interest
+	FrameBye                             // the sender is leaving
+	FrameQuery                           // answer topic to the sender (id)
+	FrameAnswer                          // an answer to query id
 	frameTypes
 )
 

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"time"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/placeos-gnet/dispatch/loop"
@@ -107,7 +109,7 @@ func (b *Bus) peer(h Header) *peer {
 		b.peers[h.Node] = p
 		b.hub.Log().Info("cluster: replica joined", "node", h.Node)
 	}
-	p.lastSeen = b.hub.Now()
+	p.lastSeen = time.Now() // the loop's clock is as old as its last tick
 	return p
 }
 

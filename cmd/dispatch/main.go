@@ -20,8 +20,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/placeos-gnet/dispatch/cluster"
 	"github.com/placeos-gnet/dispatch/loop"
 	"github.com/placeos-gnet/dispatch/loop/dispatch"
+	drv "github.com/placeos-gnet/dispatch/loop/driver"
 	"github.com/placeos-gnet/dispatch/loop/groups"
 )
 
@@ -71,6 +73,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		log.Error("invalid configuration", "err", err)
 		return 2
+	}
+	if o.bus != nil {
+		defer o.bus.Close(time.Second)
 	}
 	metrics, code := start(srv, o, log)
 	if code != 0 {
@@ -201,6 +206,21 @@ func newServer(o *options) (*loop.Server, error) {
 	srv, err := loop.New(o.core)
 	if err != nil {
 		return nil, err
+	}
+	if o.cluster.Enabled() {
+		// Only here is NATS on the path: alone, nothing of it runs.
+		o.cluster.Logger = o.core.Logger
+		o.cluster.ParseFilter = func(text string) (loop.Filter, error) {
+			a, err := drv.ParseAcceptList(text)
+			return &a, err
+		}
+		bus, err := cluster.New(o.cluster)
+		if err != nil {
+			return nil, err
+		}
+		srv.AttachBus(bus)
+		srv.Register(bus)
+		o.bus = bus
 	}
 	o.groups.DeviceHost = o.dispatch.DeviceHost
 	o.groups.MaxMembers = o.dispatch.MaxPortConns

@@ -1,0 +1,92 @@
+package main
+
+// Replicas acting as one over NATS (docs/architecture.md, "Spanning
+// replicas"): three real binaries on loopback with their embedded NATS.
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/placeos-gnet/dispatch/codec"
+	"github.com/placeos-gnet/dispatch/internal/testkit"
+	"github.com/placeos-gnet/dispatch/loop"
+)
+
+func TestClusterDeviceOnOneReplicaDriversOnTwoOthers(t *testing.T) {
+	t.Parallel()
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Replicas: 3})
+	r1, r2, r3 := c.Replicas[0], c.Replicas[1], c.Replicas[2]
+	port := testkit.ClusterPort(t)
+
+	// A driver on replica 2 opens the port on every replica.
+	d2 := testkit.TCPDriver(t, r2, port, testkit.Localhost)
+	testkit.Eventually(t, testkit.EventTimeout, "port open on replica 1", func() bool { return r1.PortOpen(port) })
+	d3 := testkit.TCPDriver(t, r3, port, testkit.Localhost)
+
+	device := r1.DialDevice(t, port)
+	first := d2.NextParsed()
+	if first.Type != codec.Opened {
+		t.Fatalf("driver 2 heard %s first, want OPENED", testkit.DescribeMessage(first))
+	}
+	id := first.ID
+	if node := loop.NodeOf(id); uint64(node) != r1.Node(t) {
+		t.Fatalf("device id %#x carries node %d, want replica 1's node %d", id, node, r1.Node(t))
+	}
+	// Driver 3 may have attached after the device was announced: it hears
+	// OPENED only if it was there, as on one server; the stream is the test.
+	const n = 200
+	for i := range n {
+		testkit.Send(t, device, []byte(fmt.Sprintf("m%04d;", i)))
+	}
+	for _, d := range []*testkit.Driver{d2, d3} {
+		got := expectStreamFrom(t, d, id, n*6)
+		for i := range n {
+			if want := fmt.Sprintf("m%04d;", i); string(got[i*6:i*6+6]) != want {
+				t.Fatalf("message %d: got %q, want %q", i, got[i*6:i*6+6], want)
+			}
+		}
+	}
+
+	// WRITE from replica 3's driver reaches the device on replica 1.
+	d3.Write(testkit.Localhost, id, []byte("hello device"))
+	testkit.ExpectReceives(t, device, []byte("hello device"))
+	d2.Write(testkit.Localhost, id, []byte("and again"))
+	testkit.ExpectReceives(t, device, []byte("and again"))
+
+	// Stats answer for the cluster: 2 drivers, 1 device, asked of any replica.
+	for _, r := range c.Replicas {
+		testkit.WaitForStats(t, r, testkit.TCPStats(port, 2, 1))
+	}
+
+	// A second device on replica 3 gets an id of replica 3's node.
+	other := r3.DialDevice(t, port)
+	testkit.Send(t, other, []byte("from three"))
+	m := testkit.ExpectPumped(t, d2.Pump(), "the device on replica 3", func(m codec.Message) bool {
+		return m.Type == codec.Received && string(m.Data) == "from three"
+	})
+	if m.ID == id || uint64(loop.NodeOf(m.ID)) != r3.Node(t) {
+		t.Fatalf("second device id %#x: want an id of node %d, unlike %#x", m.ID, r3.Node(t), id)
+	}
+
+	// CLOSE from replica 2's driver closes the device on replica 1.
+	d2.CloseClient(testkit.Localhost, id)
+	testkit.ExpectDisconnected(t, device)
+}
+
+// expectStreamFrom reads RECEIVED payloads of device id until n bytes came,
+// skipping other devices and OPENED; CLOSED of id fails.
+func expectStreamFrom(t *testing.T, d *testkit.Driver, id uint64, n int) []byte {
+	t.Helper()
+	var got []byte
+	for len(got) < n {
+		m := d.NextParsed()
+		switch {
+		case m.ID != id:
+		case m.Type == codec.Received:
+			got = append(got, m.Data...)
+		case m.Type == codec.Closed:
+			t.Fatalf("device closed after %d of %d bytes: %s", len(got), n, testkit.DescribeMessage(m))
+		}
+	}
+	return got
+}
