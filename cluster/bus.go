@@ -252,11 +252,11 @@ func (b *Bus) startEmbedded() (*server.Server, error) {
 		ServerName: fmt.Sprintf("%s-%x", b.cfg.Name, b.instance),
 		// This process connects in-process; the client port exists only
 		// because routing waits for it, so it is loopback and random.
-		Host: "127.0.0.1",
-		Port: server.RANDOM_PORT,
-		NoSigs:     true,
-		NoLog:      true,
-		Cluster:    server.ClusterOpts{Name: b.cfg.Name, Host: host, Port: port},
+		Host:    "127.0.0.1",
+		Port:    server.RANDOM_PORT,
+		NoSigs:  true,
+		NoLog:   true,
+		Cluster: server.ClusterOpts{Name: b.cfg.Name, Host: host, Port: port},
 	}
 	var routes []string
 	for _, p := range strings.Split(b.cfg.Peers, ",") {

@@ -5,6 +5,8 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"strconv"
 	"testing"
 
 	"github.com/placeos-gnet/dispatch/codec"
@@ -12,9 +14,14 @@ import (
 	"github.com/placeos-gnet/dispatch/loop"
 )
 
-func TestClusterDeviceOnOneReplicaDriversOnTwoOthers(t *testing.T) {
+func TestClusterDispatch(t *testing.T) {
 	t.Parallel()
 	c := testkit.StartCluster(t, testkit.ClusterOptions{Replicas: 3})
+	t.Run("device on one replica, drivers on two others", func(t *testing.T) { deviceAndDriversApart(t, c) })
+	t.Run("ports follow cluster-wide interest", func(t *testing.T) { portsFollowInterest(t, c) })
+}
+
+func deviceAndDriversApart(t *testing.T, c *testkit.Cluster) {
 	r1, r2, r3 := c.Replicas[0], c.Replicas[1], c.Replicas[2]
 	port := testkit.ClusterPort(t)
 
@@ -59,18 +66,77 @@ func TestClusterDeviceOnOneReplicaDriversOnTwoOthers(t *testing.T) {
 	}
 
 	// A second device on replica 3 gets an id of replica 3's node.
+	pump2, pump3 := d2.Pump(), d3.Pump()
 	other := r3.DialDevice(t, port)
 	testkit.Send(t, other, []byte("from three"))
-	m := testkit.ExpectPumped(t, d2.Pump(), "the device on replica 3", func(m codec.Message) bool {
+	m := testkit.ExpectPumped(t, pump2, "the device on replica 3", func(m codec.Message) bool {
 		return m.Type == codec.Received && string(m.Data) == "from three"
 	})
 	if m.ID == id || uint64(loop.NodeOf(m.ID)) != r3.Node(t) {
 		t.Fatalf("second device id %#x: want an id of node %d, unlike %#x", m.ID, r3.Node(t), id)
 	}
 
-	// CLOSE from replica 2's driver closes the device on replica 1.
+	// CLOSE from replica 2's driver closes the device on replica 1, and
+	// both drivers hear CLOSED.
 	d2.CloseClient(testkit.Localhost, id)
 	testkit.ExpectDisconnected(t, device)
+	for _, pump := range []<-chan testkit.Pumped{pump2, pump3} {
+		testkit.ExpectPumped(t, pump, "CLOSED of the closed device", func(m codec.Message) bool {
+			return m.Type == codec.Closed && m.ID == id
+		})
+	}
+}
+
+// portsFollowInterest: a port is open on every replica while a driver
+// anywhere listens, admits a device when a driver anywhere admits it, and
+// closes everywhere with the last driver.
+func portsFollowInterest(t *testing.T, c *testkit.Cluster) {
+	r1, r2, r3 := c.Replicas[0], c.Replicas[1], c.Replicas[2]
+	port := testkit.ClusterPort(t)
+	for _, r := range c.Replicas {
+		if r.PortOpen(port) {
+			t.Fatalf("port %d open on replica %d before any driver", port, r.Index)
+		}
+	}
+	d2 := testkit.TCPDriver(t, r2, port, "127.0.0.1")
+	d3 := testkit.TCPDriver(t, r3, port, "127.0.0.2")
+	for _, r := range c.Replicas {
+		testkit.Eventually(t, testkit.EventTimeout, fmt.Sprintf("port open on replica %d", r.Index), func() bool { return r.PortOpen(port) })
+	}
+	// Admission is cluster-wide: a device from 127.0.0.2 on replica 1 is
+	// admitted because replica 3's driver admits it, and only that driver
+	// hears it.
+	pump2, pump3 := d2.Pump(), d3.Pump()
+	dev, err := testkit.Dial("127.0.0.2", net.JoinHostPort(r1.DeviceHost, strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	testkit.Send(t, dev, []byte("from .2"))
+	m := testkit.ExpectPumped(t, pump3, "the device admitted by replica 3's driver", func(m codec.Message) bool {
+		return m.Type == codec.Received
+	})
+	if string(m.IP) != "127.0.0.2" || string(m.Data) != "from .2" {
+		t.Fatalf("replica 3's driver heard %s", testkit.DescribeMessage(m))
+	}
+	// The driver that admits it leaves: no driver anywhere admits it now,
+	// so it is closed; replica 2's driver never heard of it.
+	d3.Drop()
+	testkit.ExpectDisconnectedEventually(t, dev)
+	select {
+	case p := <-pump2:
+		t.Fatalf("replica 2's driver heard %+v", p)
+	default:
+	}
+	for _, r := range c.Replicas {
+		testkit.Eventually(t, testkit.EventTimeout, fmt.Sprintf("port still open on replica %d", r.Index), func() bool { return r.PortOpen(port) })
+	}
+	// The last driver leaves: the port closes on every replica.
+	d2.Drop()
+	for _, r := range c.Replicas {
+		testkit.Eventually(t, testkit.EventTimeout, fmt.Sprintf("port closed on replica %d", r.Index), func() bool { return !r.PortOpen(port) })
+		testkit.WaitForStats(t, r, `{"udp_listeners":{},"tcp_listeners":{},"tcp_clients":{}}`)
+	}
 }
 
 // expectStreamFrom reads RECEIVED payloads of device id until n bytes came,
