@@ -70,6 +70,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fitConnectionsToFileLimit(&o.core, log)
 
 	srv, err := newServer(o)
+	var joinErr clusterError
+	if errors.As(err, &joinErr) {
+		log.Error("cannot join the cluster", "err", joinErr.error)
+		return 1
+	}
 	if err != nil {
 		log.Error("invalid configuration", "err", err)
 		return 2
@@ -216,7 +221,7 @@ func newServer(o *options) (*loop.Server, error) {
 		}
 		bus, err := cluster.New(o.cluster)
 		if err != nil {
-			return nil, err
+			return nil, clusterError{err}
 		}
 		srv.AttachBus(bus)
 		srv.Register(bus)
@@ -233,3 +238,7 @@ func newServer(o *options) (*loop.Server, error) {
 	}
 	return srv, nil
 }
+
+// clusterError is a failure to join the cluster (NATS, the route port, the
+// node number): a failure to start, not a bad configuration.
+type clusterError struct{ error }
