@@ -109,24 +109,25 @@ type Bus struct {
 	ready atomic.Pointer[loop.Hub] // set by Start: posting to the loop works
 
 	// Owned by the loop.
-	hub         *loop.Hub
-	connected   bool
-	peers       map[uint16]*peer
-	interest    map[loop.Key]map[uint16]*interest // what every other replica wants
-	spans       map[loop.Key]*span
-	dirty       []*span // spans whose own interest may have changed
-	pending     []outMsg
-	flushPosted bool
-	flushFn     func()
-	queries     map[uint64]*gather
-	nextQuery   uint64
-	lastBeat    time.Time
-	c           Counters
-	dropLog     loop.RateLog
-	frame       Frame
-	scratch     []byte
-	published   Counters // last Collect, for tests
-	publishedMu sync.Mutex
+	hub          *loop.Hub
+	connected    bool
+	peers        map[uint16]*peer
+	interest     map[loop.Key]map[uint16]*interest // what every other replica wants
+	spans        map[loop.Key]*span
+	dirty        []*span // spans whose own interest may have changed
+	pending      []outMsg
+	flushPosted  bool
+	flushFn      func()
+	queries      map[uint64]*gather
+	nodeSubjects map[uint16]string
+	nextQuery    uint64
+	lastBeat     time.Time
+	c            Counters
+	dropLog      loop.RateLog
+	frame        Frame
+	scratch      []byte
+	published    Counters // last Collect, for tests
+	publishedMu  sync.Mutex
 }
 
 // Counters are the bus's counts.
@@ -172,16 +173,17 @@ func New(cfg Config) (*Bus, error) {
 		cfg.Logger = slog.Default()
 	}
 	b := &Bus{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		prefix:   cfg.Name,
-		instance: randomUint64(),
-		in:       make(chan *nats.Msg, 8192),
-		stop:     make(chan struct{}),
-		peers:    make(map[uint16]*peer),
-		interest: make(map[loop.Key]map[uint16]*interest),
-		spans:    make(map[loop.Key]*span),
-		queries:  make(map[uint64]*gather),
+		cfg:          cfg,
+		log:          cfg.Logger,
+		prefix:       cfg.Name,
+		instance:     randomUint64(),
+		in:           make(chan *nats.Msg, 8192),
+		stop:         make(chan struct{}),
+		peers:        make(map[uint16]*peer),
+		interest:     make(map[loop.Key]map[uint16]*interest),
+		spans:        make(map[loop.Key]*span),
+		queries:      make(map[uint64]*gather),
+		nodeSubjects: make(map[uint16]string),
 	}
 	b.flushFn = b.flush
 	b.out = newOutQueue(cfg.QueueBytes)

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"bytes"
+	"net/netip"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -26,10 +28,15 @@ func (b *Bus) receive(msg *nats.Msg) {
 		}
 		return
 	}
-	p := b.peer(r.Header)
-	if p == nil {
-		return
-	}
+	p, fresh := b.peer(r.Header)
+	// A replica heard from for the first time other than by its hello (we
+	// took it as gone, or missed its hello) may lack what we hold of it and
+	// we of it: hello makes both sides send everything again.
+	defer func() {
+		if fresh {
+			b.hello()
+		}
+	}()
 	var key loop.Key
 	var sp *span
 	f := &b.frame
@@ -48,12 +55,15 @@ func (b *Bus) receive(msg *nats.Msg) {
 			sp = b.spans[key]
 		case FrameHeartbeat:
 		case FrameHello:
+			fresh = false
 			b.announceAll()
 		case FrameBye:
+			fresh = false
 			b.hub.Log().Info("cluster: replica left", "node", p.node)
 			b.peerGone(p.node)
 			return
 		case FrameResetBegin:
+			fresh = false // it is sending everything already
 			p.resetting = make(map[loop.Key]bool)
 		case FrameResetEnd:
 			if p.resetting != nil {
@@ -95,10 +105,11 @@ func (b *Bus) malformed(subject string) {
 	}
 }
 
-// peer finds or makes the record of the sender. A known node with a new
-// instance restarted: the old one is gone, with all it held.
-func (b *Bus) peer(h Header) *peer {
-	p := b.peers[h.Node]
+// peer finds or makes the record of the sender; fresh when it is new. A
+// known node with a new instance restarted: the old one is gone, with all
+// it held.
+func (b *Bus) peer(h Header) (p *peer, fresh bool) {
+	p = b.peers[h.Node]
 	if p != nil && p.instance != h.Instance {
 		b.hub.Log().Info("cluster: replica restarted", "node", h.Node)
 		b.peerGone(h.Node)
@@ -107,10 +118,11 @@ func (b *Bus) peer(h Header) *peer {
 	if p == nil {
 		p = &peer{node: h.Node, instance: h.Instance}
 		b.peers[h.Node] = p
+		fresh = true
 		b.hub.Log().Info("cluster: replica joined", "node", h.Node)
 	}
 	p.lastSeen = time.Now() // the loop's clock is as old as its last tick
-	return p
+	return p, fresh
 }
 
 // interestFrame records what a replica wants of a channel, and answers new
@@ -203,13 +215,13 @@ func (sp *span) frame(node uint16, f *Frame) {
 		b.c.EventsIn++
 		if f.Flags&FlagTransient != 0 {
 			m := &sp.transient
-			m.ID, m.IP = f.ID, parseIP(f.IP)
+			m.ID, m.IP = f.ID, sp.addr(f.IP)
 			m.IPText = append(m.IPText[:0], f.IP...)
 			m.Label = append(m.Label[:0], f.Label...)
 			ch.Publish(loop.EventType(f.Event), m, f.Flags&FlagText != 0, f.Data)
 			return
 		}
-		k := mkey{f.ID, parseIP(f.IP)}
+		k := mkey{f.ID, sp.addr(f.IP)}
 		r := sp.records[k]
 		switch loop.EventType(f.Event) {
 		case loop.MemberOpened:
@@ -228,7 +240,7 @@ func (sp *span) frame(node uint16, f *Frame) {
 			}
 		}
 	case FrameWrite:
-		if m := sp.local[mkey{f.ID, parseIP(f.IP)}]; m != nil {
+		if m := sp.local[mkey{f.ID, sp.addr(f.IP)}]; m != nil {
 			b.hub.Send(m, f.Flags&FlagText != 0, f.Data)
 		}
 	case FrameClose:
@@ -252,6 +264,16 @@ func (sp *span) frame(node uint16, f *Frame) {
 		gen := sp.snapGen[node]
 		sp.dropRecords(func(r *record) bool { return r.node == node && r.gen != gen })
 	}
+}
+
+// addr parses an IP as members carry it; a run of events from one address
+// parses it once.
+func (sp *span) addr(text []byte) netip.Addr {
+	if !bytes.Equal(text, sp.lastIPText) {
+		sp.lastIPText = append(sp.lastIPText[:0], text...)
+		sp.lastIP = parseIP(text)
+	}
+	return sp.lastIP
 }
 
 // addRecord makes the record of a member another replica holds.

@@ -32,6 +32,8 @@ type span struct {
 	dirty      bool
 	replaying  bool // delivering another replica's broadcast here
 	transient  loop.Member
+	lastIPText []byte // addr's cache
+	lastIP     netip.Addr
 }
 
 // record is a member another replica holds.
@@ -217,7 +219,12 @@ func (sp *span) Closed() {
 }
 
 func (b *Bus) nodeSubject(node uint16) string {
-	return b.prefix + ".node." + strconv.Itoa(int(node))
+	if s, ok := b.nodeSubjects[node]; ok {
+		return s
+	}
+	s := b.prefix + ".node." + strconv.Itoa(int(node))
+	b.nodeSubjects[node] = s
+	return s
 }
 
 // interestOf is what this replica wants of the channel now: the union of

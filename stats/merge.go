@@ -94,3 +94,28 @@ next:
 	}
 	return dst
 }
+
+// summable is a document that can be read back, summed and rendered.
+type summable[T any] interface {
+	*T
+	UnmarshalJSON([]byte) error
+	Add(*T)
+	AppendJSON([]byte) []byte
+}
+
+// Sum merges the JSON documents of every replica into one of the same
+// shape; a document that does not read is left out. Alone, the one
+// document is the answer as it is.
+func Sum[T any, P summable[T]](parts [][]byte) []byte {
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	var sum T
+	for _, part := range parts {
+		var d T
+		if P(&d).UnmarshalJSON(part) == nil {
+			P(&sum).Add(&d)
+		}
+	}
+	return P(&sum).AppendJSON(nil)
+}

@@ -209,7 +209,7 @@ func (k *Kind) serveStats(r *loop.Request) {
 		driver.Unauthorised(r, k.hub.Log())
 		return
 	}
-	k.hub.Gather(r, statsTopic, "application/json", mergeStats)
+	k.hub.Gather(r, statsTopic, "application/json", stats.Sum[stats.Dispatch])
 }
 
 // localStats counts what this replica holds: its drivers and devices.
@@ -223,22 +223,6 @@ func (k *Kind) localStats() stats.Dispatch {
 		d.TCPClients = append(d.TCPClients, stats.PortCount{Port: n, Count: len(p.devices)})
 	}
 	return d
-}
-
-// mergeStats sums every replica's stats document into one of the same
-// shape; alone, the one document is the answer.
-func mergeStats(parts [][]byte) []byte {
-	if len(parts) == 1 {
-		return parts[0]
-	}
-	var sum stats.Dispatch
-	for _, part := range parts {
-		var d stats.Dispatch
-		if d.UnmarshalJSON(part) == nil {
-			sum.Add(&d)
-		}
-	}
-	return sum.AppendJSON(nil)
 }
 
 // attachDriver validates a dispatch request, binds the device port if this

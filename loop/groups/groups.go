@@ -331,26 +331,11 @@ func (k *Kind) serveGroups(r *loop.Request) {
 		driver.Unauthorised(r, k.hub.Log())
 		return
 	}
-	k.hub.Gather(r, groupsTopic, "application/json", mergeGroups)
+	k.hub.Gather(r, groupsTopic, "application/json", stats.Sum[stats.Groups])
 }
 
 // groupsTopic is the cluster-wide question behind the groups document.
 const groupsTopic = "groups.document"
-
-// mergeGroups sums every replica's groups document.
-func mergeGroups(parts [][]byte) []byte {
-	if len(parts) == 1 {
-		return parts[0]
-	}
-	var sum stats.Groups
-	for _, part := range parts {
-		var g stats.Groups
-		if g.UnmarshalJSON(part) == nil {
-			sum.Add(&g)
-		}
-	}
-	return sum.AppendJSON(nil)
-}
 
 func (k *Kind) document() stats.Groups {
 	var doc stats.Groups
