@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/placeos-gnet/dispatch/codec"
 	"github.com/placeos-gnet/dispatch/internal/testkit"
@@ -19,6 +20,37 @@ func TestClusterDispatch(t *testing.T) {
 	c := testkit.StartCluster(t, testkit.ClusterOptions{Replicas: 3})
 	t.Run("device on one replica, drivers on two others", func(t *testing.T) { deviceAndDriversApart(t, c) })
 	t.Run("ports follow cluster-wide interest", func(t *testing.T) { portsFollowInterest(t, c) })
+	t.Run("datagrams to one replica, driver on another", func(t *testing.T) { datagramsAcross(t, c) })
+}
+
+// datagramsAcross: a UDP port opened by a driver on replica 2 is bound on
+// replica 1 too, and what reaches it there is heard on replica 2.
+func datagramsAcross(t *testing.T, c *testkit.Cluster) {
+	r2 := c.Replicas[1]
+	port := testkit.FreeUDPPort(t)
+	d := testkit.UDPDriver(t, r2, port, testkit.Localhost)
+	for _, r := range c.Replicas {
+		testkit.WaitForStats(t, r, testkit.UDPStats(port, 1))
+	}
+	peer := testkit.UDPPeer(t, testkit.Localhost)
+	// Replica 1 binds 127.0.0.1, where the peer sends: resend until it is
+	// bound and the driver hears it (a datagram to a port not yet bound is lost).
+	deadline := time.Now().Add(testkit.EventTimeout)
+	pump := d.Pump()
+	for {
+		testkit.SendDatagram(t, peer, port, []byte("trap"))
+		select {
+		case it := <-pump:
+			if it.Msg.Type != codec.Received || string(it.Msg.Data) != "trap" || it.Msg.ID != testkit.UDPPort(peer) {
+				t.Fatalf("driver heard %+v", it)
+			}
+			return
+		case <-time.After(50 * time.Millisecond): // the pause between sends, not a synchronisation
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the datagram sent to replica 1 never reached the driver on replica 2")
+		}
+	}
 }
 
 func deviceAndDriversApart(t *testing.T, c *testkit.Cluster) {
