@@ -8,7 +8,6 @@ package cluster
 
 import (
 	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -169,8 +168,6 @@ func (b *Bus) receiveLoop() {
 		case <-done:
 		case <-b.stop:
 			return
-		case <-time.After(time.Minute):
-			return // the loop is gone
 		}
 	}
 }
