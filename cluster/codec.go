@@ -19,9 +19,10 @@ const (
 	magic     = 'D'
 	version   = 1
 	headerLen = 12
-	// maxMessage bounds one NATS message this codec builds; frames are
-	// batched up to it. NATS servers accept 1 MiB by default.
-	maxMessage = 512 << 10
+	// maxMessage bounds the NATS messages the bus batches frames into (a
+	// single larger frame goes alone; NATS accepts 1 MiB by default). With
+	// inQueue it bounds what waits for the loop on the way in.
+	maxMessage = 64 << 10
 )
 
 // FrameType is what a frame says.
