@@ -86,6 +86,11 @@ var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
 func validToken(s string) bool { return tokenRE.MatchString(s) }
 
+// inQueue is how many NATS messages may wait for the loop; NATS drops what
+// does not fit (a slow consumer, counted and answered by a resync). Messages
+// are batched up to maxMessage, so it holds about 128 MiB at the very most.
+const inQueue = 2048
+
 // gatherTimeout bounds a cluster-wide answer (stats); it stays well inside
 // the handshake deadline that bounds the request.
 const gatherTimeout = 2 * time.Second
@@ -177,7 +182,7 @@ func New(cfg Config) (*Bus, error) {
 		log:          cfg.Logger,
 		prefix:       cfg.Name,
 		instance:     randomUint64(),
-		in:           make(chan *nats.Msg, 8192),
+		in:           make(chan *nats.Msg, inQueue),
 		stop:         make(chan struct{}),
 		peers:        make(map[uint16]*peer),
 		interest:     make(map[loop.Key]map[uint16]*interest),
