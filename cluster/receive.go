@@ -133,6 +133,8 @@ func (b *Bus) interestFrame(p *peer, key loop.Key, flags uint8, filter string) {
 		p.resetting[key] = true
 	}
 	before := b.interest[key][p.node]
+	b.hub.Log().Debug("cluster: interest", "node", p.node, "channel", key.String(),
+		"upstreams", flags&InterestUpstreams != 0, "members", flags&InterestMembers != 0, "filter", filter)
 	b.setInterest(p.node, key, flags, filter)
 	if flags != 0 && (before == nil || fresh) {
 		b.sendSnapshot(p.node, key)

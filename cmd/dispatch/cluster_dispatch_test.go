@@ -61,6 +61,7 @@ func deviceAndDriversApart(t *testing.T, c *testkit.Cluster) {
 	d2 := testkit.TCPDriver(t, r2, port, testkit.Localhost)
 	testkit.Eventually(t, testkit.EventTimeout, "port open on replica 1", func() bool { return r1.PortOpen(port) })
 	d3 := testkit.TCPDriver(t, r3, port, testkit.Localhost)
+	r1.WaitInterest(t, r3, fmt.Sprintf("dispatch:tcp:%d", port))
 
 	device := r1.DialDevice(t, port)
 	first := d2.NextParsed()
@@ -135,6 +136,7 @@ func portsFollowInterest(t *testing.T, c *testkit.Cluster) {
 	for _, r := range c.Replicas {
 		testkit.Eventually(t, testkit.EventTimeout, fmt.Sprintf("port open on replica %d", r.Index), func() bool { return r.PortOpen(port) })
 	}
+	r1.WaitInterest(t, r3, fmt.Sprintf("dispatch:tcp:%d", port))
 	// Admission is cluster-wide: a device from 127.0.0.2 on replica 1 is
 	// admitted because replica 3's driver admits it, and only that driver
 	// hears it.

@@ -26,7 +26,9 @@ func TestClusterReplicaKilled(t *testing.T) {
 	port := testkit.ClusterPort(t)
 	d2 := testkit.TCPDriver(t, r2, port, testkit.Localhost)
 	d3 := testkit.TCPDriver(t, r3, port, testkit.Localhost)
-	testkit.Eventually(t, testkit.EventTimeout, "port open on replica 1", func() bool { return r1.PortOpen(port) })
+	for _, r := range []*testkit.Replica{r2, r3} {
+		r1.WaitInterest(t, r, fmt.Sprintf("dispatch:tcp:%d", port))
+	}
 	pump2, pump3 := d2.Pump(), d3.Pump()
 	device := r1.DialDevice(t, port)
 	testkit.Send(t, device, []byte("alive"))
@@ -94,8 +96,11 @@ func TestClusterSurvivesNATSRestart(t *testing.T) {
 	r1, r2 := c.Replicas[0], c.Replicas[1]
 
 	port := testkit.ClusterPort(t)
-	local := testkit.TCPDriver(t, r1, port, testkit.Localhost)
+	// The remote driver first: replica 1 opens the port once it has heard
+	// of it, and from then on sends it replica 1's device events.
 	remote := testkit.TCPDriver(t, r2, port, testkit.Localhost)
+	testkit.Eventually(t, testkit.EventTimeout, "port open on replica 1", func() bool { return r1.PortOpen(port) })
+	local := testkit.TCPDriver(t, r1, port, testkit.Localhost)
 	localPump, remotePump := local.Pump(), remote.Pump()
 	device := r1.DialDevice(t, port)
 	testkit.Send(t, device, []byte("before;"))

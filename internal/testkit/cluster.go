@@ -113,6 +113,25 @@ func (r *Replica) Peers() int {
 	return joined - gone
 }
 
+// WaitInterest waits until the replica has heard that from has upstreams
+// on the channel (kind:name, e.g. "dispatch:tcp:6001"): from then on it
+// sends from its members there whatever those upstreams admit. The replicas
+// must log at debug level (StartCluster's do).
+func (r *Replica) WaitInterest(tb testing.TB, from *Replica, channel string) {
+	tb.Helper()
+	node := strconv.FormatUint(from.Node(tb), 10)
+	Eventually(tb, EventTimeout, fmt.Sprintf("replica %d hears replica %d's interest in %s", r.Index, from.Index, channel), func() bool {
+		for _, line := range strings.Split(r.Logs(), "\n") {
+			l := []byte(line)
+			if strings.Contains(line, "cluster: interest") && logField(l, "node") == node &&
+				logField(l, "channel") == channel && logField(l, "upstreams") == "true" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // Node is the replica's node number, from its log.
 func (r *Replica) Node(tb testing.TB) uint64 {
 	tb.Helper()
