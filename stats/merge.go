@@ -37,15 +37,22 @@ func (d *Dispatch) Add(o *Dispatch) {
 }
 
 func addPorts(dst, src []PortCount) []PortCount {
+	return addBy(dst, src, func(a, b *PortCount) bool { return a.Port == b.Port },
+		func(d *PortCount, s *PortCount) { d.Count += s.Count })
+}
+
+// addBy adds every entry of src into the entry of dst it matches, or
+// appends it.
+func addBy[T any](dst, src []T, same func(a, b *T) bool, add func(d, s *T)) []T {
 next:
-	for _, s := range src {
-		for i := range dst {
-			if dst[i].Port == s.Port {
-				dst[i].Count += s.Count
+	for i := range src {
+		for j := range dst {
+			if same(&dst[j], &src[i]) {
+				add(&dst[j], &src[i])
 				continue next
 			}
 		}
-		dst = append(dst, s)
+		dst = append(dst, src[i])
 	}
 	return dst
 }
@@ -80,19 +87,11 @@ func (g *Groups) Add(o *Groups) {
 }
 
 func addGroups(dst, src []Group) []Group {
-next:
-	for _, s := range src {
-		for i := range dst {
-			if dst[i].ID == s.ID {
-				dst[i].Members += s.Members
-				dst[i].Upstreams += s.Upstreams
-				dst[i].BytesForwarded += s.BytesForwarded
-				continue next
-			}
-		}
-		dst = append(dst, s)
-	}
-	return dst
+	return addBy(dst, src, func(a, b *Group) bool { return a.ID == b.ID }, func(d, s *Group) {
+		d.Members += s.Members
+		d.Upstreams += s.Upstreams
+		d.BytesForwarded += s.BytesForwarded
+	})
 }
 
 // summable is a document that can be read back, summed and rendered.
