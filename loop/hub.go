@@ -82,6 +82,7 @@ type Hub struct {
 	spanning map[string]func(name string) *Channel
 	answers  map[string]func() []byte
 
+	started      bool          // every kind has started: ticks may run
 	tickInterval time.Duration // set before the loop starts, read by OnTick
 	c            stats.Core
 	lag          stats.LagHistogram
@@ -131,6 +132,7 @@ func (h *Hub) startKinds() error {
 			return err
 		}
 	}
+	h.started = true
 	h.publish() // every series exists from the start
 	return nil
 }
@@ -151,6 +153,9 @@ func (h *Hub) setTickInterval() {
 // missed their deadline, ticks the kinds and publishes metrics. posted is
 // when the ticker asked for it, so the wait measures the loop's lag.
 func (h *Hub) tick(posted time.Time) {
+	if !h.started {
+		return // the ticker can fire before the kinds have started
+	}
 	h.now = time.Now()
 	h.lag.Observe(h.now.Sub(posted).Seconds())
 	deadline := h.now.Add(-h.cfg.HandshakeTimeout)
