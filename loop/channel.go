@@ -52,6 +52,9 @@ type Channel struct {
 	// interest can tell it is stale.
 	version uint64
 	closed  bool
+	// span carries the channel to other replicas when a cluster bus is
+	// attached and the kind spans (span.go); nil otherwise.
+	span Span
 }
 
 // Member is an endpoint that produces and consumes a channel's payloads: a
@@ -74,6 +77,10 @@ type Member struct {
 	// Transient members (the sources of datagrams) never join: their
 	// identity changes with every event, so their interest is not cached.
 	Transient bool
+	// Remote marks the record of a member held by another replica
+	// (span.go): its events arrived over the cluster bus and payloads for
+	// it go back there.
+	Remote bool
 
 	ch              *Channel
 	slot            int
@@ -90,6 +97,8 @@ type Receiver interface {
 // Upstream is an endpoint that sees a channel multiplexed: every member's
 // events, tagged with its identity, for the members its filter admits.
 type Upstream struct {
+	// Out is where its events are queued; nil for the interest of another
+	// replica (span.go), which the cluster bus carries there.
 	Out    *Endpoint
 	Filter Filter // nil admits every member
 	// Watcher marks an upstream that only looks on (watch.go): it admits
@@ -122,6 +131,7 @@ func (h *Hub) OpenChannel(key Key, p Policy, owner Owner, max int) (*Channel, er
 	ch := &Channel{Key: key, Policy: p, hub: h, owner: owner, version: 1}
 	h.channels[key] = ch
 	h.kindChannels[key.Kind]++
+	h.span(ch)
 	return ch, nil
 }
 
@@ -156,6 +166,9 @@ func (ch *Channel) Close() {
 	delete(h.channels, ch.Key)
 	h.kindChannels[ch.Key.Kind]--
 	endWatchers(ups)
+	if ch.span != nil {
+		ch.span.Closed()
+	}
 }
 
 // Closed reports whether the channel was closed.
@@ -169,6 +182,9 @@ func (ch *Channel) Join(m *Member) {
 	}
 	m.slot = len(ch.members)
 	ch.members = append(ch.members, m)
+	if ch.span != nil {
+		ch.span.Joined(m)
+	}
 	ch.Publish(MemberOpened, m, false, nil)
 }
 
@@ -187,6 +203,9 @@ func (ch *Channel) Leave(m *Member) {
 	ch.members[last] = nil
 	ch.members = ch.members[:last]
 	m.ch = nil
+	if ch.span != nil && !m.Remote {
+		ch.span.Left(m)
+	}
 	ch.Publish(MemberClosed, m, false, nil)
 }
 
@@ -212,6 +231,12 @@ func (ch *Channel) Attach(u *Upstream) {
 		ch.watchers++
 	}
 	ch.version++
+	if u.Out == nil {
+		return // another replica's interest: it hears of members from theirs
+	}
+	if ch.span != nil {
+		ch.span.Changed()
+	}
 	if !ch.Policy.Announce {
 		return
 	}
@@ -245,6 +270,9 @@ func (ch *Channel) Detach(u *Upstream) {
 	if u.Watcher {
 		ch.watchers--
 		return
+	}
+	if ch.span != nil && u.Out != nil {
+		ch.span.Changed()
 	}
 	if !ch.closed {
 		ch.owner.Detached(ch, u)

@@ -40,3 +40,6 @@ func (nopRole) Open(*TCPConn) bool                   { return true }
 func (nopRole) Data(_ *TCPConn, d []byte) int        { return len(d) }
 func (nopRole) Ended(*TCPConn, EndReason)            {}
 func (nopRole) end(EndReason, ws.StatusCode, string) {}
+
+// AttachTestBus attaches a bus to a test hub.
+func (h *Hub) AttachTestBus(b Bus) { h.bus = b }

@@ -147,19 +147,30 @@ func (ch *Channel) Publish(t EventType, m *Member, text bool, data []byte) (reac
 	h.co.events++
 	h.ev = Event{Type: t, Member: m, Text: text, Data: data}
 	ev := &h.ev
-	if ch.Policy.ToUpstreams {
+	remote := false // another replica wants it (span.go)
+	if ch.Policy.ToUpstreams || ch.span != nil {
 		for _, u := range ch.interested(m) {
-			h.deliver(u.Out, ev)
-			reached++
+			if u.Out == nil {
+				remote = true
+				continue
+			}
+			if ch.Policy.ToUpstreams {
+				h.deliver(u.Out, ev)
+				reached++
+			}
 		}
 	}
 	if ch.Policy.ToMembers && t == MemberData {
 		for _, other := range ch.members {
-			if other != m && !other.WriteOnly {
+			if other != m && !other.WriteOnly && !other.Remote {
 				h.deliverTo(other, ev)
 				reached++
 			}
 		}
+	}
+	if remote && !m.Remote {
+		ch.span.Event(ev) // once, whatever the replicas and upstreams there
+		reached++
 	}
 	h.runDirect(data)
 	if len(h.blocked) > 0 && m.Conn != nil && h.pauser != nil && ch.feedsBlocked(m) {
@@ -176,9 +187,12 @@ func (ch *Channel) Broadcast(text bool, data []byte) {
 	h.enc.next()
 	h.ev = Event{Type: MemberData, Text: text, Data: data}
 	for _, m := range ch.members {
-		if !m.WriteOnly {
+		if !m.WriteOnly && !m.Remote {
 			h.deliverTo(m, &h.ev)
 		}
+	}
+	if ch.span != nil {
+		ch.span.Broadcast(&h.ev) // the other replicas' members, once
 	}
 	h.runDirect(data)
 	h.scheduleFlush()
@@ -195,6 +209,10 @@ func (h *Hub) Send(m *Member, text bool, data []byte) {
 
 func (h *Hub) deliverTo(m *Member, ev *Event) {
 	switch {
+	case m.Remote:
+		if m.ch != nil && m.ch.span != nil {
+			m.ch.span.Unicast(m, ev)
+		}
 	case m.Conn != nil:
 		h.deliver(m.Conn, ev)
 	case m.Recv != nil:

@@ -118,7 +118,7 @@ func (ch *Channel) feedsBlocked(m *Member) bool {
 	}
 	if ch.Policy.ToUpstreams {
 		for _, u := range ch.interested(m) {
-			if u.Out.blocked && u.Out.onFull == PauseWhenFull {
+			if u.Out != nil && u.Out.blocked && u.Out.onFull == PauseWhenFull {
 				return true
 			}
 		}

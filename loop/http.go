@@ -31,6 +31,7 @@ type Request struct {
 	conn     gnet.Conn
 	head     []byte
 	answered bool
+	later    bool // the route answers after it returns (Later)
 	ws       *WSConn
 }
 
@@ -40,6 +41,10 @@ type httpConn struct {
 	l    *Listener // whose routes answer it
 	born time.Time
 	peer string
+	// later is a request whose route answers after returning; gone is set
+	// once the connection closed, so that a late answer is dropped.
+	later *Request
+	gone  bool
 }
 
 func newHTTPConn(h *Hub, l *Listener, c net.Conn) *httpConn {
@@ -63,12 +68,19 @@ func (hc *httpConn) opened(c gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
-func (hc *httpConn) closed(gnet.Conn, error) { delete(hc.hub.handshakes, hc) }
+func (hc *httpConn) closed(gnet.Conn, error) {
+	hc.gone = true
+	delete(hc.hub.handshakes, hc)
+}
 
 // traffic buffers the request head (gnet keeps unread bytes for us) and
 // answers it once complete.
 func (hc *httpConn) traffic(c gnet.Conn) gnet.Action {
 	h := hc.hub
+	if hc.later != nil { // waiting for its answer: anything more is ignored
+		_, _ = c.Discard(c.InboundBuffered())
+		return gnet.None
+	}
 	buf, _ := c.Peek(-1)
 	headLen, err := codec.RequestHeadLength(buf, h.cfg.MaxHeadBytes)
 	r := &Request{Peer: hc.peer, hub: h, hc: hc, conn: c}
@@ -93,6 +105,11 @@ func (hc *httpConn) traffic(c gnet.Conn) gnet.Action {
 		route(r)
 	} else {
 		r.Error(http.StatusNotFound, "not found", "")
+	}
+	if r.later && !r.answered {
+		_, _ = c.Discard(headLen)
+		hc.later = r
+		return gnet.None
 	}
 	if r.ws == nil {
 		if !r.answered {
@@ -122,6 +139,9 @@ func (r *Request) RespondHeaders(status int, contentType, extra string, body []b
 		return
 	}
 	r.answered = true
+	if r.later && r.hc.gone {
+		return // the client left before the answer was ready
+	}
 	if status >= 400 {
 		r.hub.c.HandshakeFailures++
 	}
@@ -143,7 +163,16 @@ func (r *Request) RespondHeaders(status int, contentType, extra string, body []b
 	b = append(b, body...)
 	_, _ = r.conn.Write(b)
 	delete(r.hub.handshakes, r.hc)
+	if r.hc.later == r {
+		r.hub.closeConn(r.conn) // the route has returned: close it here
+	}
 }
+
+// Later lets the route return before answering: the connection waits, on
+// the loop, for Respond or Error, which must then be called on the loop
+// (Hub.Post). The handshake deadline still bounds the wait; a client that
+// leaves first makes the answer a no-op.
+func (r *Request) Later() { r.later = true }
 
 // Error answers with a JSON body {"error":msg[,"parameter":param]}.
 func (r *Request) Error(status int, msg, param string) {

@@ -78,6 +78,12 @@ type Hub struct {
 	// not close it synchronously.
 	current gnet.Conn
 
+	// A cluster bus and what spans through it (span.go); nil when alone.
+	bus      Bus
+	spanning map[string]func(name string) *Channel
+	answers  map[string]func() []byte
+
+	started      bool          // every kind has started: ticks may run
 	tickInterval time.Duration // set before the loop starts, read by OnTick
 	c            stats.Core
 	lag          stats.LagHistogram
@@ -129,6 +135,7 @@ func (h *Hub) startKinds() error {
 			return err
 		}
 	}
+	h.started = true
 	h.publish() // every series exists from the start
 	return nil
 }
@@ -149,6 +156,9 @@ func (h *Hub) setTickInterval() {
 // missed their deadline, ticks the kinds and publishes metrics. posted is
 // when the ticker asked for it, so the wait measures the loop's lag.
 func (h *Hub) tick(posted time.Time) {
+	if !h.started {
+		return // the ticker can fire before the kinds have started
+	}
 	h.now = time.Now()
 	h.lag.Observe(h.now.Sub(posted).Seconds())
 	deadline := h.now.Add(-h.cfg.HandshakeTimeout)

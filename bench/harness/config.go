@@ -63,7 +63,7 @@ type Config struct {
 }
 
 // AllScenarios in suite order.
-var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn", "topic", "rooms"}
+var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn", "topic", "rooms", "cluster"}
 
 // SuiteConfig returns the preset for "quick" or "standard".
 func SuiteConfig(name string) (Config, error) {
@@ -140,6 +140,7 @@ func SuiteConfig(name string) (Config, error) {
 type scenario struct {
 	cfg      *Config
 	srv      *Server
+	others   []*Server // more replicas of a cluster, beside srv
 	res      *ScenarioResult
 	maxOther float64 // highest CPU share of other processes seen in a step
 }
@@ -177,8 +178,35 @@ func (s *scenario) startServer(ctx context.Context, extra ...string) (*Server, e
 	return srv, nil
 }
 
+// serverCPU is the CPU time of every server of the scenario.
+func (s *scenario) serverCPU() time.Duration {
+	t := s.srv.CPU()
+	for _, o := range s.others {
+		t += o.CPU()
+	}
+	return t
+}
+
+// serverExitError says why a server of the scenario exited, or "".
+func (s *scenario) serverExitError() string {
+	for _, o := range append([]*Server{s.srv}, s.others...) {
+		if e := o.ExitError(); e != "" {
+			return e
+		}
+	}
+	return ""
+}
+
 // stopServer stops it and records shutdown and log facts.
 func (s *scenario) stopServer() {
+	others := s.others
+	s.others = nil
+	for _, o := range others {
+		if !o.Alive() {
+			s.res.Server.Problems = append(s.res.Server.Problems, o.ExitError())
+		}
+		o.Stop()
+	}
 	if s.srv == nil {
 		return
 	}
@@ -218,15 +246,16 @@ var scenarioFuncs = map[string]struct {
 	title string
 	run   func(ctx context.Context, s *scenario) error
 }{
-	"fanout": {"1. fan-out, small messages (1 TCP port, D drivers, M devices)", runFanout},
-	"ingest": {"2. ingest (many devices, 1 driver)", runIngest},
-	"udp":    {"3. UDP ingest (many source sockets, D drivers)", runUDP},
-	"write":  {"4. write path (1 driver → many devices)", runWritePath},
-	"bulk":   {"5. bulk (1 device → 1 driver, 64 KiB writes) vs loopback pipe", runBulk},
-	"idle":   {"6. idle memory (server RSS per connection)", runIdle},
-	"churn":  {"7. churn (connect → OPENED → close → CLOSED)", runChurn},
-	"topic":  {"8. relay topic (1 publisher → S subscribers, 64 B messages)", runTopic},
-	"rooms":  {"8. rooms (OpenTogetherTube balancer: one Monolith broadcasting to a room; clients sending to it)", runRooms},
+	"fanout":  {"1. fan-out, small messages (1 TCP port, D drivers, M devices)", runFanout},
+	"ingest":  {"2. ingest (many devices, 1 driver)", runIngest},
+	"udp":     {"3. UDP ingest (many source sockets, D drivers)", runUDP},
+	"write":   {"4. write path (1 driver → many devices)", runWritePath},
+	"bulk":    {"5. bulk (1 device → 1 driver, 64 KiB writes) vs loopback pipe", runBulk},
+	"idle":    {"6. idle memory (server RSS per connection)", runIdle},
+	"churn":   {"7. churn (connect → OPENED → close → CLOSED)", runChurn},
+	"topic":   {"8. relay topic (1 publisher → S subscribers, 64 B messages)", runTopic},
+	"rooms":   {"9. rooms (OpenTogetherTube balancer: one Monolith broadcasting to a room; clients sending to it)", runRooms},
+	"cluster": {"10. cluster fan-out: devices on replica 1, drivers on replicas 2 and 3, against one replica", runCluster},
 }
 
 // Run executes the configured scenarios and returns the report. A scenario

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -246,14 +247,40 @@ func runIngest(ctx context.Context, s *scenario) error {
 }
 
 func runTCPIngest(ctx context.Context, s *scenario, nDrivers, nDevices int) error {
+	return runTCPIngestOn(ctx, s, nDrivers, nDevices, "", nil)
+}
+
+// ingestTopology places the servers of an ingest run: it starts them and
+// says where driver i attaches; devices always connect to 127.0.0.1. nil
+// is one server.
+type ingestTopology struct {
+	start func(ctx context.Context, s *scenario) (driverAddr func(i int) string, err error)
+	// ready waits until devices can connect (the port is open where they do).
+	ready func(ctx context.Context, port int) error
+}
+
+// runTCPIngestOn is runTCPIngest on a topology; prefix names its metrics
+// and steps when one scenario measures several.
+func runTCPIngestOn(ctx context.Context, s *scenario, nDrivers, nDevices int, prefix string, topo *ingestTopology) error {
 	cfg := s.cfg
 	s.res.Params["drivers"] = nDrivers
 	s.res.Params["devices"] = nDevices
 	s.res.Params["record_bytes"] = RecordSize
 	s.res.Params["step_seconds"] = cfg.StepDur.Seconds()
-	srv, err := s.startServer(ctx)
-	if err != nil {
-		return err
+	metric := s.metric
+	if prefix != "" {
+		metric = func(key, label string, v float64, unit string) { s.metric(prefix+"_"+key, prefix+": "+label, v, unit) }
+	}
+	driverAddr := func(int) string { return s.srv.Addr }
+	if topo == nil {
+		if _, err := s.startServer(ctx); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if driverAddr, err = topo.start(ctx, s); err != nil {
+			return err
+		}
 	}
 	port, err := devicePort()
 	if err != nil {
@@ -268,7 +295,7 @@ func runTCPIngest(ctx context.Context, s *scenario, nDrivers, nDevices int) erro
 		g.hs = append(g.hs, newFanHandler(i))
 	}
 	g.drivers, err = dialDrivers(ctx, nDrivers, func(i int) DriverDialOpts {
-		return DriverDialOpts{Addr: srv.Addr, Port: port, Accept: "127.0.0.1", Secret: cfg.Secret, BigBufs: true, Manual: true}
+		return DriverDialOpts{Addr: driverAddr(i), Port: port, Accept: "127.0.0.1", Secret: cfg.Secret, BigBufs: true, Manual: true}
 	}, func(i int) msgHandler { return g.hs[i] })
 	if err != nil {
 		loop.stop()
@@ -282,6 +309,11 @@ func runTCPIngest(ctx context.Context, s *scenario, nDrivers, nDevices int) erro
 	}()
 	for _, d := range g.drivers {
 		loop.add(hotDriver{d})
+	}
+	if topo != nil && topo.ready != nil {
+		if err := topo.ready(ctx, port); err != nil {
+			return err
+		}
 	}
 	conns, err = dialDevices(ctx, port, nDevices, 16, nil)
 	if err != nil {
@@ -312,28 +344,33 @@ func runTCPIngest(ctx context.Context, s *scenario, nDrivers, nDevices int) erro
 	}
 	st := &stepper{sc: s, g: g, dur: cfg.StepDur, drainMax: cfg.DrainMax}
 	steps, best, err := st.searchPeak(ctx, cfg.RateStart, cfg.RateMax, cfg.Refine)
-	s.res.Steps = steps
+	if prefix != "" {
+		for i := range steps {
+			steps[i].Purpose = prefix + " " + steps[i].Purpose
+		}
+	}
+	s.res.Steps = append(s.res.Steps, steps...)
 	if err != nil {
 		return err
 	}
 	best = fallbackPeak(s, steps, best)
-	s.metric("peak_offered_rate", "peak: records/s written by devices", best.OfferedRate, "rec/s")
-	s.metric("peak_delivered_records", "peak: records/s delivered (sum over drivers)", best.DeliveredRate, "rec/s")
-	s.metric("peak_received_frames", "peak: RECEIVED frames/s delivered (sum over drivers)", best.FrameRate, "frames/s")
-	s.metric("peak_server_cpu_pct", "peak: server CPU (% of one core)", best.ServerCPUPct, "%")
-	s.metric("peak_server_us_per_frame", "peak: server CPU per delivered frame", best.ServerUsPerFrm, "µs/frame")
-	s.metric("peak_harness_cpu_pct", "peak: harness CPU (% of one core)", best.HarnessCPUPct, "%")
+	metric("peak_offered_rate", "peak: records/s written by devices", best.OfferedRate, "rec/s")
+	metric("peak_delivered_records", "peak: records/s delivered (sum over drivers)", best.DeliveredRate, "rec/s")
+	metric("peak_received_frames", "peak: RECEIVED frames/s delivered (sum over drivers)", best.FrameRate, "frames/s")
+	metric("peak_server_cpu_pct", "peak: server CPU (% of one core)", best.ServerCPUPct, "%")
+	metric("peak_server_us_per_frame", "peak: server CPU per delivered frame", best.ServerUsPerFrm, "µs/frame")
+	metric("peak_harness_cpu_pct", "peak: harness CPU (% of one core)", best.HarnessCPUPct, "%")
 	// latency at 50% of the measured peak
-	lat, err := st.runStep(ctx, best.OfferedRate/2, cfg.LatencyDur, "lat@50%")
+	lat, err := st.runStep(ctx, best.OfferedRate/2, cfg.LatencyDur, strings.TrimSpace(prefix+" lat@50%"))
 	if err != nil {
 		return err
 	}
 	s.res.Steps = append(s.res.Steps, lat)
-	s.metric("lat_rate", "latency step: offered records/s (50% of peak)", lat.OfferedRate, "rec/s")
-	s.metric("lat_p50_us", "latency p50 (device write → driver read)", lat.P50us, "µs")
-	s.metric("lat_p99_us", "latency p99", lat.P99us, "µs")
-	s.metric("lat_p999_us", "latency p99.9", lat.P999us, "µs")
-	s.metric("lat_server_cpu_pct", "latency step: server CPU", lat.ServerCPUPct, "%")
+	metric("lat_rate", "latency step: offered records/s (50% of peak)", lat.OfferedRate, "rec/s")
+	metric("lat_p50_us", "latency p50 (device write → driver read)", lat.P50us, "µs")
+	metric("lat_p99_us", "latency p99", lat.P99us, "µs")
+	metric("lat_p999_us", "latency p99.9", lat.P999us, "µs")
+	metric("lat_server_cpu_pct", "latency step: server CPU", lat.ServerCPUPct, "%")
 	if cfg.ProfileDir != "" {
 		profileStep(ctx, s, st, best.OfferedRate)
 	}
@@ -351,10 +388,10 @@ func runTCPIngest(ctx context.Context, s *scenario, nDrivers, nDevices int) erro
 	if err := g.finalCheck(); err != nil {
 		return err
 	}
-	s.note("correctness: %d records (%d bytes) per driver verified in order per device, no loss", g.sentTotal(), g.sentTotal()*RecordSize)
+	s.note(strings.TrimSpace(prefix+" correctness: %d records (%d bytes) per driver verified in order per device, no loss"), g.sentTotal(), g.sentTotal()*RecordSize)
 	s.note("peak = highest step with offered ≥97%% of target, ≥95%% delivered within the window and backlog ≤5%% at its end")
-	s.metric("peak_server_core_busy", "peak: server core busy (/proc/stat, incl. softirq)", best.ServerCoreBusy, "%")
-	s.metric("peak_harness_core_busy", "peak: harness core busy (/proc/stat, incl. softirq)", best.HarnessCoreBusy, "%")
+	metric("peak_server_core_busy", "peak: server core busy (/proc/stat, incl. softirq)", best.ServerCoreBusy, "%")
+	metric("peak_harness_core_busy", "peak: harness core busy (/proc/stat, incl. softirq)", best.HarnessCoreBusy, "%")
 	saturationNote(s, steps, best)
 	return nil
 }

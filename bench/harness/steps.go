@@ -99,19 +99,19 @@ func (s *stepper) measureStep(ctx context.Context, rate float64, dur time.Durati
 	d0, f0 := g.deliveredTotal()
 	exp0 := g.sentTotal() * fan
 	miss0 := exp0 - d0
-	srv0, h0, c0 := s.sc.srv.CPU(), selfCPU(), readCPUSample()
+	srv0, h0, c0 := s.sc.serverCPU(), selfCPU(), readCPUSample()
 	t0 := time.Now()
 	sent, err := g.run(ctx, rate, dur, id)
 	el := time.Since(t0)
 	d1, f1 := g.deliveredTotal()
-	srv1, h1, c1 := s.sc.srv.CPU(), selfCPU(), readCPUSample()
+	srv1, h1, c1 := s.sc.serverCPU(), selfCPU(), readCPUSample()
 	if aerr := g.asyncErr(); aerr != nil {
 		err = aerr // the receivers' finding is the cause; a write error is its consequence
 	}
 	if err != nil {
 		return Step{}, err
 	}
-	if e := s.sc.srv.ExitError(); e != "" {
+	if e := s.sc.serverExitError(); e != "" {
 		return Step{}, fmt.Errorf("%s", e)
 	}
 	exp := g.sentTotal() * fan

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/placeos-gnet/dispatch/cluster"
 	"github.com/placeos-gnet/dispatch/loop"
 	"github.com/placeos-gnet/dispatch/loop/dispatch"
 	drv "github.com/placeos-gnet/dispatch/loop/driver"
@@ -79,6 +80,8 @@ type options struct {
 	groups    groups.Config   // socket groups
 	relay     relay.Config    // relay topics
 	rooms     rooms.Config    // the room balancer
+	cluster   cluster.Config  // replicas over NATS
+	bus       *cluster.Bus    // the cluster, once connected
 	curlURL   string
 	metrics   string
 	prom      http.Handler // the Prometheus registry, served by --metrics and the room balancer
@@ -141,8 +144,9 @@ func parseOptions(args []string, e env) (*options, error) {
 // the flag set that parses them.
 func newOptions() *options {
 	o := &options{core: loop.DefaultConfig(), driver: drv.DefaultConfig(), dispatch: dispatch.DefaultConfig(),
-		groups: groups.DefaultConfig(), relay: relay.DefaultConfig(), rooms: rooms.DefaultConfig(), host: "127.0.0.1", port: 3000}
-	c, d, p, g, r := &o.core, &o.driver, &o.dispatch, &o.groups, &o.relay
+		groups: groups.DefaultConfig(), relay: relay.DefaultConfig(), rooms: rooms.DefaultConfig(), cluster: cluster.DefaultConfig(),
+		host: "127.0.0.1", port: 3000}
+	c, d, p, g, r, cl := &o.core, &o.driver, &o.dispatch, &o.groups, &o.relay, &o.cluster
 	o.add("bind", "b", "SG_SERVER_HOST", "HTTP/WebSocket bind host", (*stringValue)(&o.host), nil)
 	o.add("port", "p", "SG_SERVER_PORT", "HTTP/WebSocket port (0 picks a free one)", (*intValue)(&o.port), inRange(&o.port, 0, 65535))
 	o.add("device-host", "", "DISPATCH_DEVICE_HOST", "host device ports bind to (empty: every interface)", (*stringValue)(&p.DeviceHost), nil)
@@ -173,6 +177,14 @@ func newOptions() *options {
 	o.add("coalesce", "", "DISPATCH_COALESCE", "longest nap of a lightly loaded loop after writing a pass, so reads arriving meanwhile share one write per driver; 0: never nap", (*durationValue)(&c.CoalesceBudget), inDurationRange(&c.CoalesceBudget, 0, 10*time.Millisecond))
 	o.add("max-ports", "", "DISPATCH_MAX_PORTS", "device ports open at once, TCP and UDP together; more are refused with 409", (*intValue)(&p.MaxPorts), atLeast(&p.MaxPorts, 1))
 	o.add("group-max-groups", "", "DISPATCH_GROUP_MAX_GROUPS", "TCP socket groups at once; a join that would open one more is refused", (*intValue)(&g.MaxGroups), atLeast(&g.MaxGroups, 1))
+	o.add("cluster", "", "DISPATCH_CLUSTER", "join the replicas on this external NATS: nats://host:4222,… (empty: run alone)", (*stringValue)(&cl.URLs), natsURLs(&cl.URLs))
+	o.add("cluster-embedded", "", "DISPATCH_CLUSTER_EMBEDDED", "run a NATS server in the process, routed to --cluster-peers, and join the replicas on it", (*boolValue)(&cl.Embedded), exclusive(&cl.Embedded, &cl.URLs))
+	o.add("cluster-route", "", "DISPATCH_CLUSTER_ROUTE", "with --cluster-embedded: host:port the NATS server accepts routes from peers on", (*stringValue)(&cl.Route), hostPort(&cl.Route))
+	o.add("cluster-peers", "", "DISPATCH_CLUSTER_PEERS", "with --cluster-embedded: comma-separated host:port route addresses of the other replicas (this one's own may be listed)", (*stringValue)(&cl.Peers), hostPorts(&cl.Peers))
+	o.add("cluster-name", "", "DISPATCH_CLUSTER_NAME", "the cluster's name: NATS subject prefix and route cluster name; replicas with the same name act as one", (*stringValue)(&cl.Name), token(&cl.Name))
+	o.add("cluster-node", "", "DISPATCH_CLUSTER_NODE", "node number in the top bits of member ids (0-1023); -1: claim a free one, from the host name's -N ordinal if it has one", (*intValue)(&cl.Node), inRange(&cl.Node, -1, 1023))
+	o.add("cluster-peer-timeout", "", "DISPATCH_CLUSTER_PEER_TIMEOUT", "a replica silent this long is gone: its devices are CLOSED to drivers elsewhere", (*durationValue)(&cl.PeerTimeout), atLeastDuration(&cl.PeerTimeout, 300*time.Millisecond))
+	o.add("cluster-queue-bytes", "", "DISPATCH_CLUSTER_QUEUE_BYTES", "bytes queued toward NATS before bus messages are dropped (counted)", (*intValue)(&cl.QueueBytes), atLeast(&cl.QueueBytes, 1<<20))
 	o.add("group-metrics-groups", "", "DISPATCH_GROUP_METRICS_GROUPS", "largest groups given series of their own in metrics; the rest are summed as group=\"_other\"", (*intValue)(&g.MetricsGroups), atLeast(&g.MetricsGroups, 0))
 	o.add("relay-listen", "", "DISPATCH_RELAY_LISTEN", "relay topics listener (access API, WebSockets, browser page): port (on --bind) or host:port; empty: off", (*stringValue)(&r.Listen), listenAddr(&r.Listen))
 	o.add("relay-access-url", "", "DISPATCH_RELAY_ACCESS_URL", "relay access base URL as clients reach it; tokens' aud must equal it (empty: http://<relay listener>)", (*stringValue)(&r.AccessURL), nil)
@@ -358,6 +370,74 @@ func atLeastDuration(p *time.Duration, lo time.Duration) func() error {
 	return func() error {
 		if *p < lo {
 			return fmt.Errorf("must be at least %v, got %v", lo, *p)
+		}
+		return nil
+	}
+}
+
+// natsURLs accepts "" or comma-separated nats:// (or tls://) URLs.
+func natsURLs(p *string) func() error {
+	return func() error {
+		for _, u := range strings.Split(*p, ",") {
+			u = strings.TrimSpace(u)
+			if u == "" && *p == "" {
+				return nil
+			}
+			rest, ok := strings.CutPrefix(u, "nats://")
+			if !ok {
+				rest, ok = strings.CutPrefix(u, "tls://")
+			}
+			if !ok || rest == "" {
+				return fmt.Errorf("want nats://host:port[,…], got %q", u)
+			}
+		}
+		return nil
+	}
+}
+
+// exclusive refuses a flag set together with another that excludes it.
+func exclusive(on *bool, other *string) func() error {
+	return func() error {
+		if *on && *other != "" {
+			return errors.New("excludes --cluster (an external NATS)")
+		}
+		return nil
+	}
+}
+
+// hostPort accepts host:port with a numeric port of 1-65535.
+func hostPort(p *string) func() error {
+	return func() error {
+		_, port, err := net.SplitHostPort(*p)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("want host:port, got %q", *p)
+		}
+		return nil
+	}
+}
+
+// hostPorts accepts "" or comma-separated host:port addresses.
+func hostPorts(p *string) func() error {
+	return func() error {
+		for _, a := range strings.Split(*p, ",") {
+			if a = strings.TrimSpace(a); a == "" {
+				continue
+			}
+			if err := hostPort(&a)(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// token accepts letters, digits, '-' and '_': one NATS subject token.
+func token(p *string) func() error {
+	return func() error {
+		if *p == "" || strings.IndexFunc(*p, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+		}) >= 0 {
+			return fmt.Errorf("want letters, digits, '-' or '_', got %q", *p)
 		}
 		return nil
 	}

@@ -20,8 +20,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/placeos-gnet/dispatch/cluster"
 	"github.com/placeos-gnet/dispatch/loop"
 	"github.com/placeos-gnet/dispatch/loop/dispatch"
+	drv "github.com/placeos-gnet/dispatch/loop/driver"
 	"github.com/placeos-gnet/dispatch/loop/groups"
 	"github.com/placeos-gnet/dispatch/loop/relay"
 	"github.com/placeos-gnet/dispatch/loop/rooms"
@@ -73,9 +75,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fitConnectionsToFileLimit(&o.core, log)
 
 	srv, err := newServer(o)
+	var joinErr clusterError
+	if errors.As(err, &joinErr) {
+		log.Error("cannot join the cluster", "err", joinErr.error)
+		return 1
+	}
 	if err != nil {
 		log.Error("invalid configuration", "err", err)
 		return 2
+	}
+	if o.bus != nil {
+		defer o.bus.Close(time.Second)
 	}
 	metrics, code := start(srv, o, log)
 	if code != 0 {
@@ -207,6 +217,21 @@ func newServer(o *options) (*loop.Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.cluster.Enabled() {
+		// Only here is NATS on the path: alone, nothing of it runs.
+		o.cluster.Logger = o.core.Logger
+		o.cluster.ParseFilter = func(text string) (loop.Filter, error) {
+			a, err := drv.ParseAcceptList(text)
+			return &a, err
+		}
+		bus, err := cluster.New(o.cluster)
+		if err != nil {
+			return nil, clusterError{err}
+		}
+		srv.AttachBus(bus)
+		srv.Register(bus)
+		o.bus = bus
+	}
 	o.groups.DeviceHost = o.dispatch.DeviceHost
 	o.groups.MaxMembers = o.dispatch.MaxPortConns
 	o.groups.UDPQueueBytes = o.dispatch.UDPQueueBytes
@@ -226,3 +251,7 @@ func newServer(o *options) (*loop.Server, error) {
 	}
 	return srv, nil
 }
+
+// clusterError is a failure to join the cluster (NATS, the route port, the
+// node number): a failure to start, not a bad configuration.
+type clusterError struct{ error }

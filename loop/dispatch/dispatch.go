@@ -127,7 +127,34 @@ func (k *Kind) Start(h *loop.Hub) error {
 	k.hub = h
 	k.drivers = driver.NewClass(h, KindName)
 	k.devices = h.NewClass(KindName, "device").Say(loop.EndSlow, "device not reading, closing it")
+	// In a cluster a port is open on every replica while a driver anywhere
+	// listens, and the stats document counts every replica.
+	h.SpanKind(KindName, k.openForCluster)
+	h.Answer(statsTopic, func() []byte { d := k.localStats(); return d.AppendJSON(nil) })
 	return nil
+}
+
+// statsTopic is the cluster-wide question behind the stats document.
+const statsTopic = "dispatch.stats"
+
+// openForCluster opens a port because a driver on another replica listens
+// on it; nil when it cannot open.
+func (k *Kind) openForCluster(name string) *loop.Channel {
+	protoName, number, ok := strings.Cut(name, ":")
+	n, err := strconv.Atoi(number)
+	if !ok || err != nil || n < 1 || n > 65535 || protoName != "tcp" && protoName != "udp" {
+		return nil
+	}
+	p := protoTCP
+	if protoName == "udp" {
+		p = protoUDP
+	}
+	pt, err := k.portFor(p, n)
+	if err != nil {
+		k.hub.Log().Warn("cannot open device port for drivers on other replicas", "proto", protoName, "port", n, "err", err)
+		return nil
+	}
+	return pt.ch
 }
 
 // Tick implements loop.Kind.
@@ -182,15 +209,20 @@ func (k *Kind) serveStats(r *loop.Request) {
 		driver.Unauthorised(r, k.hub.Log())
 		return
 	}
+	k.hub.Gather(r, statsTopic, "application/json", stats.Sum[stats.Dispatch])
+}
+
+// localStats counts what this replica holds: its drivers and devices.
+func (k *Kind) localStats() stats.Dispatch {
 	var d stats.Dispatch
 	for n, p := range k.udp {
-		d.UDPListeners = append(d.UDPListeners, stats.PortCount{Port: n, Count: p.ch.Upstreams()})
+		d.UDPListeners = append(d.UDPListeners, stats.PortCount{Port: n, Count: p.ch.LocalUpstreams()})
 	}
 	for n, p := range k.tcp {
-		d.TCPListeners = append(d.TCPListeners, stats.PortCount{Port: n, Count: p.ch.Upstreams()})
+		d.TCPListeners = append(d.TCPListeners, stats.PortCount{Port: n, Count: p.ch.LocalUpstreams()})
 		d.TCPClients = append(d.TCPClients, stats.PortCount{Port: n, Count: len(p.devices)})
 	}
-	r.Respond(http.StatusOK, "application/json", d.AppendJSON(nil))
+	return d
 }
 
 // attachDriver validates a dispatch request, binds the device port if this

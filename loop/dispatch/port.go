@@ -111,9 +111,11 @@ func (pt *port) close() {
 
 // Detached implements loop.Owner: the last driver closes the port;
 // otherwise devices whose IP no driver admits any more are closed.
-func (pt *port) Detached(ch *loop.Channel, _ *loop.Upstream) {
+func (pt *port) Detached(ch *loop.Channel, u *loop.Upstream) {
 	k := pt.k
-	k.hub.Log().Info("driver left", "proto", pt.proto.String(), "port", pt.number)
+	if u.Out != nil {
+		k.hub.Log().Info("driver left", "proto", pt.proto.String(), "port", pt.number)
+	}
 	if ch.Upstreams() == 0 {
 		pt.close()
 		return
@@ -154,7 +156,7 @@ func (dv *device) Open(c *loop.TCPConn) bool {
 		pt.refused.note(k.hub, pt, dv.IP.String())
 		return false
 	}
-	dv.ID = pt.nextID
+	dv.ID = k.hub.IDBase() | pt.nextID // the node number keeps ids unique across replicas
 	pt.nextID++
 	pt.devices[dv.ID] = dv
 	pt.ch.Join(&dv.Member)
@@ -184,13 +186,20 @@ func (pt *port) Write(d *driver.Driver, ip []byte, id uint64, data []byte) {
 	}
 	if dv := pt.devices[id]; dv != nil {
 		pt.k.hub.Send(&dv.Member, false, data)
+	} else if m := pt.ch.Remote(id, ip); m != nil {
+		pt.k.hub.Send(m, false, data) // to the replica that holds it
 	}
 }
 
 // Close carries a driver's CLOSE to a device on a TCP port.
-func (pt *port) Close(_ *driver.Driver, _ []byte, id uint64) {
-	if dv := pt.devices[id]; dv != nil && pt.proto == protoTCP {
+func (pt *port) Close(_ *driver.Driver, ip []byte, id uint64) {
+	if pt.proto != protoTCP {
+		return
+	}
+	if dv := pt.devices[id]; dv != nil {
 		dv.c.End(loop.EndClosedByUpstream, "")
+	} else if m := pt.ch.Remote(id, ip); m != nil {
+		pt.ch.CloseRemote(m)
 	}
 }
 

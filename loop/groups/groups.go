@@ -124,6 +124,10 @@ func (k *Kind) Start(h *loop.Hub) error {
 		Say(loop.EndRefused, "refused socket group join").
 		Say(loop.EndTimeout, "refused socket group join")
 	k.drivers = driver.NewClass(h, KindName)
+	// In a cluster members on every replica hear each other; groups open
+	// on local activity only, and the groups document counts every replica.
+	h.SpanKind(KindName, nil)
+	h.Answer(groupsTopic, func() []byte { doc := k.document(); return doc.AppendJSON(nil) })
 	k.prefix = []byte(k.cfg.Prefix)
 	k.hosts = make(map[netip.Addr]string, len(k.cfg.TCPPreconfig))
 	for _, host := range k.cfg.TCPPreconfig {
@@ -294,16 +298,26 @@ func (g *group) Write(d *driver.Driver, ip []byte, id uint64, data []byte) {
 		g.writeToUDPMember(d, ip, id, data)
 		return
 	}
-	if m := g.members[id]; m != nil && len(data) > 0 {
+	if len(data) == 0 {
+		return
+	}
+	if m := g.members[id]; m != nil {
 		g.k.c.BytesFromDrivers += uint64(len(data))
 		g.k.hub.Send(&m.Member, false, data)
+	} else if m := g.ch.Remote(id, ip); m != nil {
+		g.k.hub.Send(m, false, data) // to the replica that holds it
 	}
 }
 
 // Close closes a TCP member.
-func (g *group) Close(_ *driver.Driver, _ []byte, id uint64) {
-	if m := g.members[id]; m != nil && !g.udp {
+func (g *group) Close(_ *driver.Driver, ip []byte, id uint64) {
+	if g.udp {
+		return
+	}
+	if m := g.members[id]; m != nil {
 		m.c.End(loop.EndClosedByUpstream, "")
+	} else if m := g.ch.Remote(id, ip); m != nil {
+		g.ch.CloseRemote(m)
 	}
 }
 
@@ -317,20 +331,22 @@ func (k *Kind) serveGroups(r *loop.Request) {
 		driver.Unauthorised(r, k.hub.Log())
 		return
 	}
-	doc := k.document()
-	r.Respond(http.StatusOK, "application/json", doc.AppendJSON(nil))
+	k.hub.Gather(r, groupsTopic, "application/json", stats.Sum[stats.Groups])
 }
+
+// groupsTopic is the cluster-wide question behind the groups document.
+const groupsTopic = "groups.document"
 
 func (k *Kind) document() stats.Groups {
 	var doc stats.Groups
 	for id, g := range k.tcp {
 		doc.TCP = append(doc.TCP, stats.Group{ID: id, Members: len(g.members),
-			Upstreams: g.ch.Upstreams(), BytesForwarded: g.bytesForwarded})
+			Upstreams: g.ch.LocalUpstreams(), BytesForwarded: g.bytesForwarded})
 	}
 	slices.SortFunc(doc.TCP, stats.ByID)
 	if g := k.udp; g != nil && !g.ch.Closed() {
 		doc.UDP = []stats.Group{{ID: g.id, Members: len(g.udpMembers),
-			Upstreams: g.ch.Upstreams(), BytesForwarded: g.bytesForwarded}}
+			Upstreams: g.ch.LocalUpstreams(), BytesForwarded: g.bytesForwarded}}
 	}
 	return doc
 }
@@ -367,7 +383,7 @@ func (k *Kind) Collect(_ *loop.Hub, dst []stats.Sample) []stats.Sample {
 // ranked is a group's per-group series, ranked by members.
 func (g *group) ranked(name string, members int) stats.Ranked {
 	return stats.Ranked{Name: name, Rank: float64(members),
-		Values: [stats.MaxRanked]float64{float64(members), float64(g.ch.Upstreams()), float64(g.bytesForwarded)}}
+		Values: [stats.MaxRanked]float64{float64(members), float64(g.ch.LocalUpstreams()), float64(g.bytesForwarded)}}
 }
 
 func appendRanked(dst []stats.Sample, r stats.Ranked, proto string) []stats.Sample {

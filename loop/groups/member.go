@@ -135,7 +135,7 @@ func (m *member) join(id string) bool {
 		return false
 	}
 	m.state, m.g = memberJoined, g
-	m.ID = k.nextID
+	m.ID = k.hub.IDBase() | k.nextID // the node number keeps ids unique across replicas
 	k.nextID++
 	g.members[m.ID] = m
 	k.c.Joins++

@@ -206,6 +206,9 @@ func (g *group) writeToUDPMember(d *driver.Driver, ipText []byte, port uint64, d
 	}
 	m := g.udpMembers[netip.AddrPortFrom(ip.Unmap().WithZone(""), uint16(port))]
 	if m == nil {
+		if r := g.ch.Remote(port, ipText); r != nil {
+			k.hub.Send(r, false, data) // a member of the group on another replica
+		}
 		return
 	}
 	k.c.BytesFromDrivers += uint64(len(data))
