@@ -44,7 +44,9 @@ const (
 	FrameHello                           // the sender (re)joined: send it your interest
 	FrameBye                             // the sender is leaving
 	FrameQuery                           // answer topic to the sender (id)
-	FrameAnswer                          // an answer to query id
+	FrameAnswer                          // an answer to query id (a Query's or an Ask's)
+	FrameAsk                             // a kind's question on topic to the receiver (id)
+	FrameTell                            // a kind's one-way message on topic
 	frameTypes
 )
 
@@ -71,7 +73,8 @@ type Frame struct {
 	Flags      uint8
 	ID         uint64 // member id; query id
 	IP, Label  []byte
-	Data       []byte // payload; Interest: the filter; Query: the topic
+	Topic      []byte // Ask, Tell: the kind's topic
+	Data       []byte // payload; Interest: the filter; Query: the topic; Ask: the question
 }
 
 // ErrMalformed is any message this codec cannot read.
@@ -167,6 +170,21 @@ func AppendAnswer(dst []byte, id uint64, data []byte) []byte {
 	return appendBytes32(dst, data)
 }
 
+// AppendAsk appends an Ask frame: question id, topic and question.
+func AppendAsk(dst []byte, id uint64, topic string, question []byte) []byte {
+	dst = append(dst, byte(FrameAsk))
+	dst = binary.BigEndian.AppendUint64(dst, id)
+	dst = appendBytes8(dst, []byte(topic))
+	return appendBytes32(dst, question)
+}
+
+// AppendTell appends a Tell frame: topic and data.
+func AppendTell(dst []byte, topic string, data []byte) []byte {
+	dst = append(dst, byte(FrameTell))
+	dst = appendBytes8(dst, []byte(topic))
+	return appendBytes32(dst, data)
+}
+
 // AppendSimple appends a frame without fields: SnapBegin, SnapEnd,
 // ResetBegin, ResetEnd, Heartbeat, Hello, Bye.
 func AppendSimple(dst []byte, t FrameType) []byte { return append(dst, byte(t)) }
@@ -234,6 +252,13 @@ func (r *Reader) Next(f *Frame) (bool, error) {
 		f.Data = d.bytes8()
 	case FrameAnswer:
 		f.ID = d.u64()
+		f.Data = d.bytes32()
+	case FrameAsk:
+		f.ID = d.u64()
+		f.Topic = d.bytes8()
+		f.Data = d.bytes32()
+	case FrameTell:
+		f.Topic = d.bytes8()
 		f.Data = d.bytes32()
 	case FrameSnapBegin, FrameSnapEnd, FrameResetBegin, FrameResetEnd, FrameHeartbeat, FrameHello, FrameBye:
 	default:

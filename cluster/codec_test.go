@@ -20,6 +20,8 @@ func sample() []byte {
 	msg = AppendInterest(msg, InterestUpstreams|InterestMembers, []byte("10.0.0.0/8,::1"))
 	msg = AppendQuery(msg, 9, "dispatch.stats")
 	msg = AppendAnswer(msg, 9, []byte(`{"a":1}`))
+	msg = AppendAsk(msg, 10, "relay.redeem", []byte("code"))
+	msg = AppendTell(msg, "relay.bids", []byte("verdicts"))
 	for _, t := range []FrameType{FrameResetBegin, FrameResetEnd, FrameHeartbeat, FrameHello, FrameBye} {
 		msg = AppendSimple(msg, t)
 	}
@@ -51,7 +53,7 @@ func TestCodecRoundTrip(t *testing.T) {
 		t.Fatalf("header %+v", h)
 	}
 	want := []FrameType{FrameChannel, FrameEvent, FrameWrite, FrameClose, FrameBroadcast, FrameSnapBegin,
-		FrameSnapMember, FrameSnapEnd, FrameInterest, FrameQuery, FrameAnswer,
+		FrameSnapMember, FrameSnapEnd, FrameInterest, FrameQuery, FrameAnswer, FrameAsk, FrameTell,
 		FrameResetBegin, FrameResetEnd, FrameHeartbeat, FrameHello, FrameBye}
 	if len(frames) != len(want) {
 		t.Fatalf("%d frames, want %d", len(frames), len(want))
@@ -88,6 +90,13 @@ func TestCodecRoundTrip(t *testing.T) {
 	}
 	check("query", frames[9].Data, []byte("dispatch.stats"))
 	check("answer", frames[10].Data, []byte(`{"a":1}`))
+	if frames[11].ID != 10 {
+		t.Errorf("ask id %d", frames[11].ID)
+	}
+	check("ask topic", frames[11].Topic, []byte("relay.redeem"))
+	check("ask question", frames[11].Data, []byte("code"))
+	check("tell topic", frames[12].Topic, []byte("relay.bids"))
+	check("tell data", frames[12].Data, []byte("verdicts"))
 }
 
 func TestCodecRefusesEveryTruncation(t *testing.T) {
@@ -169,7 +178,7 @@ func FuzzBusMessage(f *testing.F) {
 			if err != nil || !ok {
 				break
 			}
-			for _, b := range [][]byte{f.Kind, f.Name, f.IP, f.Label, f.Data} {
+			for _, b := range [][]byte{f.Kind, f.Name, f.IP, f.Label, f.Topic, f.Data} {
 				if len(b) > len(msg) {
 					t.Fatalf("a field longer than the message")
 				}
@@ -212,6 +221,10 @@ func reencode(dst []byte, f *Frame) []byte {
 		return AppendQuery(dst, f.ID, string(f.Data))
 	case FrameAnswer:
 		return AppendAnswer(dst, f.ID, f.Data)
+	case FrameAsk:
+		return AppendAsk(dst, f.ID, string(f.Topic), f.Data)
+	case FrameTell:
+		return AppendTell(dst, string(f.Topic), f.Data)
 	}
 	return AppendSimple(dst, f.Type)
 }

@@ -57,6 +57,7 @@ func (b *Bus) receive(msg *nats.Msg) {
 		case FrameHello:
 			fresh = false
 			b.announceAll()
+			b.hub.ReplicaHello(int(p.node))
 		case FrameBye:
 			fresh = false
 			b.hub.Log().Info("cluster: replica left", "node", p.node)
@@ -86,6 +87,10 @@ func (b *Bus) receive(msg *nats.Msg) {
 			if g := b.queries[f.ID]; g != nil {
 				g.add(p.node, f.Data)
 			}
+		case FrameAsk:
+			b.answerAsk(p.node, f.ID, string(f.Topic), f.Data)
+		case FrameTell:
+			b.hub.Told(int(p.node), string(f.Topic), f.Data)
 		default:
 			if sp != nil && sp.subscribed || sp != nil && isOwnerFrame(f.Type) {
 				sp.frame(p.node, f)
@@ -234,7 +239,11 @@ func (sp *span) frame(node uint16, f *Frame) {
 			if r == nil {
 				r = sp.addRecord(node, k, f, ch.Policy.Announce)
 			}
-			ch.Publish(loop.MemberData, &r.Member, f.Flags&FlagText != 0, f.Data)
+			if rp, ok := ch.Owner().(loop.Replayer); ok {
+				rp.Replay(ch, &r.Member, f.Flags&FlagText != 0, f.Data)
+			} else {
+				ch.Publish(loop.MemberData, &r.Member, f.Flags&FlagText != 0, f.Data)
+			}
 		case loop.MemberClosed:
 			if r != nil {
 				delete(sp.records, k)

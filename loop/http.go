@@ -169,9 +169,11 @@ func (r *Request) RespondHeaders(status int, contentType, extra string, body []b
 }
 
 // Later lets the route return before answering: the connection waits, on
-// the loop, for Respond or Error, which must then be called on the loop
-// (Hub.Post). The handshake deadline still bounds the wait; a client that
-// leaves first makes the answer a no-op.
+// the loop, for Respond or Error, or for Accept and Upgrade, which must then
+// be called on the loop (Hub.Post). The handshake deadline still bounds the
+// wait; a client that leaves first makes the answer a no-op (Accept reports
+// false). What the client sends meanwhile is discarded: a WebSocket client
+// waits for the 101 before it sends a frame.
 func (r *Request) Later() { r.later = true }
 
 // Error answers with a JSON body {"error":msg[,"parameter":param]}.
@@ -200,6 +202,10 @@ func AppendJSONString(dst []byte, s string) []byte {
 // the route binds or attaches anything; a refusal is answered (in
 // text/plain, as gobwas/ws writes it) and reported as false.
 func (r *Request) Accept() ([]byte, bool) {
+	if r.later && r.hc.gone {
+		r.answered = true // the client left while the route waited
+		return nil, false
+	}
 	var answer bytes.Buffer
 	if _, err := (ws.Upgrader{}).Upgrade(struct {
 		io.Reader
@@ -210,6 +216,9 @@ func (r *Request) Accept() ([]byte, bool) {
 		r.hub.log.Info("refused websocket handshake", "peer", r.Peer, "err", err)
 		_, _ = r.conn.Write(answer.Bytes())
 		delete(r.hub.handshakes, r.hc)
+		if r.hc.later == r {
+			r.hub.closeConn(r.conn) // the route has returned: close it here
+		}
 		return nil, false
 	}
 	return answer.Bytes(), true

@@ -82,6 +82,9 @@ type Hub struct {
 	bus      Bus
 	spanning map[string]func(name string) *Channel
 	answers  map[string]func() []byte
+	asks     map[string]func(from int, question []byte) []byte
+	tells    map[string]func(from int, data []byte)
+	hellos   []func(node int)
 
 	started      bool          // every kind has started: ticks may run
 	tickInterval time.Duration // set before the loop starts, read by OnTick

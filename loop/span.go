@@ -35,6 +35,30 @@ type Bus interface {
 	// calls done on the loop with them all, the local one first, once every
 	// live replica answered or a deadline passed.
 	Gather(topic string, local []byte, done func(parts [][]byte))
+	// Peers lists the other replicas heard from and not gone, by node
+	// number, in order.
+	Peers() []int
+	// Ask sends question on topic to replica node (AllReplicas: every other
+	// live replica), whose Hub.OnAsk answers it, and calls done on the loop
+	// once, with one Reply per replica asked, when every one has answered
+	// or the deadline passed. question is valid only during the call.
+	Ask(node int, topic string, question []byte, done func(replies []Reply))
+	// Tell sends data on topic to replica node (AllReplicas: every other
+	// replica), whose Hub.OnTell hears it; nothing answers. data is valid
+	// only during the call.
+	Tell(node int, topic string, data []byte)
+}
+
+// AllReplicas addresses every other replica in Hub.Ask and Hub.Tell.
+const AllReplicas = -1
+
+// Reply is one replica's answer to Hub.Ask.
+type Reply struct {
+	Node int
+	// Answered is false when the replica did not answer before the
+	// deadline, left, or was never heard from.
+	Answered bool
+	Data     []byte // its answer, when Answered (nil if it has none for the topic)
 }
 
 // Span is a channel's side of the bus. The core calls it on the loop.
@@ -129,15 +153,122 @@ func (h *Hub) Answered(topic string) []byte {
 // one's first). Alone, it answers at once; in a cluster it answers once the
 // others have, without holding the loop (Request.Later).
 func (h *Hub) Gather(r *Request, topic, contentType string, merge func(parts [][]byte) []byte) {
-	local := h.Answered(topic)
-	if h.bus == nil {
-		r.Respond(200, contentType, merge([][]byte{local}))
-		return
+	if h.bus != nil {
+		r.Later()
 	}
-	r.Later()
-	h.bus.Gather(topic, local, func(parts [][]byte) {
+	h.GatherParts(topic, func(parts [][]byte) {
 		r.Respond(200, contentType, merge(parts))
 	})
+}
+
+// GatherParts calls done on the loop with every replica's answer to topic
+// (Hub.Answer), this one's first; alone, at once. A replica that does not
+// answer within the bus's deadline is left out.
+func (h *Hub) GatherParts(topic string, done func(parts [][]byte)) {
+	local := h.Answered(topic)
+	if h.bus == nil {
+		done([][]byte{local})
+		return
+	}
+	h.bus.Gather(topic, local, done)
+}
+
+// Node is this replica's node number: 0 alone.
+func (h *Hub) Node() int {
+	if h.bus == nil {
+		return 0
+	}
+	return h.bus.Node()
+}
+
+// Peers lists the other live replicas' node numbers, in order; nil alone.
+func (h *Hub) Peers() []int {
+	if h.bus == nil {
+		return nil
+	}
+	return h.bus.Peers()
+}
+
+// Ask asks replica node (AllReplicas: every other live one) the question
+// on topic and calls done on the loop with their replies (Reply), once.
+// Alone there is nobody to ask: done runs at once, with a reply that did
+// not answer for a single node, with none for AllReplicas.
+func (h *Hub) Ask(node int, topic string, question []byte, done func(replies []Reply)) {
+	if h.bus == nil {
+		if node == AllReplicas {
+			done(nil)
+		} else {
+			done([]Reply{{Node: node}})
+		}
+		return
+	}
+	h.bus.Ask(node, topic, question, done)
+}
+
+// Tell sends data on topic to replica node (AllReplicas: every other one),
+// one way; alone it does nothing.
+func (h *Hub) Tell(node int, topic string, data []byte) {
+	if h.bus != nil {
+		h.bus.Tell(node, topic, data)
+	}
+}
+
+// OnAsk registers how this replica answers another's question on topic
+// (Hub.Ask); fn runs on the loop, and what it returns is the answer.
+// question is valid only during the call.
+func (h *Hub) OnAsk(topic string, fn func(from int, question []byte) []byte) {
+	if h.asks == nil {
+		h.asks = make(map[string]func(int, []byte) []byte)
+	}
+	h.asks[topic] = fn
+}
+
+// OnTell registers what this replica does with another's message on topic
+// (Hub.Tell); fn runs on the loop; data is valid only during the call.
+func (h *Hub) OnTell(topic string, fn func(from int, data []byte)) {
+	if h.tells == nil {
+		h.tells = make(map[string]func(int, []byte))
+	}
+	h.tells[topic] = fn
+}
+
+// OnReplica registers fn to run on the loop when another replica says
+// hello: it started or restarted, came back after NATS was away, or lost
+// messages and asks for everything again. A kind with state of its own to
+// reconcile (a deny list) exchanges it then.
+func (h *Hub) OnReplica(fn func(node int)) { h.hellos = append(h.hellos, fn) }
+
+// Asked is this replica's answer to another's question on topic, nil when
+// no kind answers it. The bus calls it on the loop.
+func (h *Hub) Asked(from int, topic string, question []byte) []byte {
+	if fn := h.asks[topic]; fn != nil {
+		return fn(from, question)
+	}
+	return nil
+}
+
+// Told hands another replica's message on topic to the kind that hears it.
+// The bus calls it on the loop.
+func (h *Hub) Told(from int, topic string, data []byte) {
+	if fn := h.tells[topic]; fn != nil {
+		fn(from, data)
+	}
+}
+
+// ReplicaHello tells the kinds that replica node said hello (OnReplica).
+// The bus calls it on the loop.
+func (h *Hub) ReplicaHello(node int) {
+	for _, fn := range h.hellos {
+		fn(node)
+	}
+}
+
+// Replayer is an Owner that replays another replica's member payloads on
+// its channel itself, to count what they reach: the bus calls Replay,
+// which must call ch.Publish(MemberData, m, text, data), instead of
+// publishing them.
+type Replayer interface {
+	Replay(ch *Channel, m *Member, text bool, data []byte)
 }
 
 // Spanned reports whether the channel spans replicas.

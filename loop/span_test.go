@@ -9,7 +9,10 @@ import (
 )
 
 // fakeBus records what the core hands a bus.
-type fakeBus struct{ spans []*fakeSpan }
+type fakeBus struct {
+	spans []*fakeSpan
+	told  int
+}
 
 func (b *fakeBus) Node() int { return 5 }
 func (b *fakeBus) Span(ch *loop.Channel) loop.Span {
@@ -18,6 +21,11 @@ func (b *fakeBus) Span(ch *loop.Channel) loop.Span {
 	return s
 }
 func (b *fakeBus) Gather(_ string, local []byte, done func([][]byte)) { done([][]byte{local}) }
+func (b *fakeBus) Peers() []int                                       { return []int{2, 9} }
+func (b *fakeBus) Ask(node int, _ string, q []byte, done func([]loop.Reply)) {
+	done([]loop.Reply{{Node: node, Answered: true, Data: append([]byte("re:"), q...)}})
+}
+func (b *fakeBus) Tell(int, string, []byte) { b.told++ }
 
 type fakeSpan struct {
 	events, unicasts, closes, broadcasts, changed int
@@ -162,5 +170,65 @@ func TestSpanMembersHearEachOtherOnce(t *testing.T) {
 	ch.Broadcast(false, []byte("all"))
 	if sp.broadcasts != 1 || sp.unicasts != 0 {
 		t.Fatalf("broadcasts %d, unicasts %d", sp.broadcasts, sp.unicasts)
+	}
+}
+
+// Alone, a kind's questions and messages to other replicas go nowhere and
+// answer at once; documents are this replica's.
+func TestSeamAlone(t *testing.T) {
+	h := loop.NewTestHub(memLoop{})
+	if h.Node() != 0 || h.Peers() != nil || h.Clustered() {
+		t.Fatalf("alone: node %d, peers %v", h.Node(), h.Peers())
+	}
+	var got []loop.Reply
+	h.Ask(3, "t", []byte("q"), func(r []loop.Reply) { got = r })
+	if len(got) != 1 || got[0].Node != 3 || got[0].Answered {
+		t.Fatalf("asking node 3 alone: %+v", got)
+	}
+	called := false
+	h.Ask(loop.AllReplicas, "t", nil, func(r []loop.Reply) { called = len(r) == 0 })
+	if !called {
+		t.Fatal("asking every replica alone did not answer at once with no reply")
+	}
+	h.Tell(loop.AllReplicas, "t", []byte("x"))
+	h.Answer("doc", func() []byte { return []byte("mine") })
+	var parts [][]byte
+	h.GatherParts("doc", func(p [][]byte) { parts = p })
+	if len(parts) != 1 || string(parts[0]) != "mine" {
+		t.Fatalf("parts %q", parts)
+	}
+}
+
+// The hub hands the bus's questions, messages and hellos to the kinds that
+// registered for them, and a kind's own through the bus.
+func TestSeamQuestionsAndMessages(t *testing.T) {
+	h := loop.NewTestHub(memLoop{})
+	bus := &fakeBus{}
+	h.AttachTestBus(bus)
+	if h.Node() != 5 || len(h.Peers()) != 2 {
+		t.Fatalf("node %d, peers %v", h.Node(), h.Peers())
+	}
+	h.OnAsk("where", func(from int, q []byte) []byte { return append([]byte{byte(from)}, q...) })
+	if a := h.Asked(4, "where", []byte("x")); string(a) != "\x04x" {
+		t.Fatalf("answer %q", a)
+	}
+	if a := h.Asked(4, "nobody", nil); a != nil {
+		t.Fatalf("an unregistered topic answered %q", a)
+	}
+	var heard []string
+	h.OnTell("news", func(from int, d []byte) { heard = append(heard, string(d)) })
+	h.Told(1, "news", []byte("n1"))
+	h.Told(1, "other", []byte("n2"))
+	var hellos []int
+	h.OnReplica(func(n int) { hellos = append(hellos, n) })
+	h.ReplicaHello(7)
+	if len(heard) != 1 || heard[0] != "n1" || len(hellos) != 1 || hellos[0] != 7 {
+		t.Fatalf("heard %q, hellos %v", heard, hellos)
+	}
+	var got []loop.Reply
+	h.Ask(2, "where", []byte("q"), func(r []loop.Reply) { got = r })
+	h.Tell(2, "news", nil)
+	if len(got) != 1 || string(got[0].Data) != "re:q" || bus.told != 1 {
+		t.Fatalf("replies %+v, told %d", got, bus.told)
 	}
 }
