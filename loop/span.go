@@ -277,12 +277,12 @@ func (ch *Channel) Spanned() bool { return ch.span != nil }
 // Span is the channel's span, or nil.
 func (ch *Channel) Span() Span { return ch.span }
 
-// LocalUpstreams counts the upstreams attached on this replica; Upstreams
-// counts other replicas' interest too.
+// LocalUpstreams counts the upstreams attached on this replica, watchers
+// aside, as Upstreams does; Upstreams counts other replicas' interest too.
 func (ch *Channel) LocalUpstreams() int {
 	n := 0
 	for _, u := range ch.upstreams {
-		if u.Out != nil {
+		if u.Out != nil && !u.Watcher {
 			n++
 		}
 	}
