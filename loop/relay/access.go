@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
-
 	"github.com/placeos-gnet/dispatch/loop"
 )
 
@@ -164,7 +162,7 @@ func (k *Kind) session(w http.ResponseWriter, r *http.Request, name string) {
 		k.authFailed(w, r, http.StatusBadRequest, refuse(ReasonNoBooking, "empty booking_id is not permitted"))
 		return
 	}
-	g := &grant{code: uuid.NewString(), topic: tp.Name, read: claims.Has(ScopeRead), write: claims.Has(ScopeWrite),
+	g := &grant{code: k.newCode(), topic: tp.Name, read: claims.Has(ScopeRead), write: claims.Has(ScopeWrite),
 		scopes: claims.Scopes, bid: claims.BookingID, exp: claims.ExpiresAt.Time}
 	var status int
 	var reason Reason
@@ -214,20 +212,18 @@ func (k *Kind) bids(w http.ResponseWriter, r *http.Request, deny bool) {
 		return
 	}
 	if r.Method == http.MethodGet {
-		var list []string
-		if k.srv.Do(func(*loop.Hub) {
-			if deny {
-				list = sortedKeys(k.denied)
-			} else {
-				list = sortedKeys(k.allowed)
-			}
-		}) != nil {
+		topic := allowedTopic
+		if deny {
+			topic = deniedTopic
+		}
+		parts, err := k.gather(topic) // every replica's list, in a cluster
+		if err != nil {
 			k.unavailable(w)
 			return
 		}
 		body, _ := json.Marshal(struct {
 			BookingIDs []string `json:"booking_ids"`
-		}{append([]string{}, list...)})
+		}{mergeLists(parts)})
 		writeJSON(w, http.StatusOK, body)
 		return
 	}
@@ -246,33 +242,36 @@ func (k *Kind) bids(w http.ResponseWriter, r *http.Request, deny bool) {
 		k.badRequest(w, r, http.StatusBadRequest, "exp (booking expiry, unix seconds) missing, malformed or in the past")
 		return
 	}
-	exp := time.Unix(expUnix, 0)
-	k.adminMu.Lock()
-	defer k.adminMu.Unlock()
-	if k.store != nil {
-		var err error
-		if deny {
-			err = k.store.deny(bid, exp, now)
-		} else {
-			err = k.store.allow(bid)
-		}
-		if err != nil {
-			k.log().Error("relay deny list: cannot write the store", "err", err)
-			writeJSON(w, http.StatusInternalServerError, errorBody(http.StatusInternalServerError, "cannot record it: "+err.Error(), ""))
-			return
-		}
-	}
-	if k.srv.Do(func(*loop.Hub) {
-		if deny {
-			k.deny(bid, exp)
-		} else {
-			k.allow(bid, exp)
-		}
-	}) != nil {
-		k.unavailable(w)
+	v, ok := k.decideAndApply(w, deny, bid, time.Unix(expUnix, 0), now)
+	if !ok {
 		return
 	}
+	k.spread(&v) // to the other replicas, in a cluster
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// decideAndApply makes an admin request's verdict, writes it to the store
+// and applies it on the loop; it answers the request itself on failure.
+func (k *Kind) decideAndApply(w http.ResponseWriter, deny bool, bid string, exp, now time.Time) (verdict, bool) {
+	k.adminMu.Lock()
+	defer k.adminMu.Unlock()
+	var v verdict
+	if k.srv.Do(func(*loop.Hub) { v = k.decide(deny, bid, exp) }) != nil {
+		k.unavailable(w)
+		return v, false
+	}
+	if k.store != nil {
+		if _, err := k.store.put(&v, now); err != nil {
+			k.log().Error("relay deny list: cannot write the store", "err", err)
+			writeJSON(w, http.StatusInternalServerError, errorBody(http.StatusInternalServerError, "cannot record it: "+err.Error(), ""))
+			return v, false
+		}
+	}
+	if k.srv.Do(func(*loop.Hub) { k.apply(&v) }) != nil {
+		k.unavailable(w)
+		return v, false
+	}
+	return v, true
 }
 
 // Report is one connection in GET <access>/status, with practable's keys.
@@ -294,23 +293,12 @@ func (k *Kind) status(w http.ResponseWriter, r *http.Request) {
 	if !k.scoped(w, r, ScopeStats) {
 		return
 	}
-	var reports []Report
-	if k.srv.Do(func(*loop.Hub) {
-		reports = make([]Report, 0, len(k.conns))
-		for c := range k.conns {
-			role := "client"
-			if c.ws.Class() == k.watchers {
-				role = "watcher"
-			}
-			reports = append(reports, Report{Topic: c.topic, CanRead: c.read, CanWrite: c.write, Scopes: c.scopes,
-				BookingID: c.bid, Connected: c.since.UTC().Format(time.RFC3339Nano), ExpiresAt: c.exp.UTC().Format(time.RFC3339),
-				RemoteAddr: c.ws.Peer, ForwardedFor: c.forwarded, UserAgent: c.agent, Role: role})
-		}
-	}) != nil {
+	parts, err := k.gather(statusTopic) // every replica's connections, in a cluster
+	if err != nil {
 		k.unavailable(w)
 		return
 	}
-	body, err := json.Marshal(reports)
+	body, err := json.Marshal(mergeReports(parts))
 	if err != nil {
 		writeJSON(w, http.StatusInternalServerError, errorBody(http.StatusInternalServerError, err.Error(), ""))
 		return

@@ -47,8 +47,8 @@ type client struct {
 }
 
 // Message publishes what a writer sends to every other reader of the
-// topic; a client without write has its messages discarded and counted by
-// Publish.
+// topic, here and on other replicas; a client without write has its
+// messages discarded and counted by Publish.
 func (cl *client) Message(_ *loop.WSConn, text bool, payload []byte) {
 	t := cl.t
 	k := cl.k
@@ -57,16 +57,17 @@ func (cl *client) Message(_ *loop.WSConn, text bool, payload []byte) {
 		return
 	}
 	dropped := k.clients.Dropped
-	reached := uint64(t.ch.Publish(loop.MemberData, &cl.Member, text, payload))
-	delivered := reached - (k.clients.Dropped - dropped)
+	t.ch.Publish(loop.MemberData, &cl.Member, text, payload)
+	readers := uint64(t.readers)
+	if !cl.WriteOnly {
+		readers-- // never to itself
+	}
+	t.delivered(readers, k.clients.Dropped-dropped, len(payload))
 	n := uint64(len(payload))
 	k.c.messagesIn++
 	k.c.bytesIn += n
-	k.c.deliveries += delivered
-	k.c.bytesOut += delivered * n
 	t.messages++
 	t.bytes += n
-	t.deliveries += delivered
 }
 
 // Ended takes the client off its topic.
@@ -138,20 +139,43 @@ func (k *Kind) connect(r *loop.Request) {
 		return
 	}
 	code := query.Get("code")
-	g := k.codes[code]
-	now := h.Now()
+	if node, ok := k.codeNode(code); ok && node != h.Node() {
+		k.redeemElsewhere(r, tp, code, node)
+		return
+	}
+	outcome, g := k.takeCode(code)
+	k.admit(r, tp, outcome, g)
+}
+
+// takeCode redeems a code issued here: it is used up, whatever follows.
+func (k *Kind) takeCode(code string) (outcome uint8, g *grant) {
+	g = k.codes[code]
 	switch {
 	case code == "" || g == nil:
-		k.refuseConn(r, http.StatusUnauthorized, ReasonCode, "code missing, unknown or already used")
-		return
-	case !g.expires.After(now):
+		return redeemUnknown, nil
+	case !g.expires.After(k.hub.Now()):
 		delete(k.codes, code)
 		k.c.codesExpired++
-		k.refuseConn(r, http.StatusUnauthorized, ReasonCodeExpired, "code expired")
-		return
+		return redeemExpired, nil
 	}
 	delete(k.codes, code) // single use, whatever follows
 	k.c.codesUsed++
+	return redeemOK, g
+}
+
+// admit answers a connection once its code has been redeemed (here, or by
+// the replica that issued it): the grant's checks, then the upgrade.
+func (k *Kind) admit(r *loop.Request, tp Topic, outcome uint8, g *grant) {
+	h := k.hub
+	now := h.Now()
+	switch outcome {
+	case redeemUnknown:
+		k.refuseConn(r, http.StatusUnauthorized, ReasonCode, "code missing, unknown or already used")
+		return
+	case redeemExpired:
+		k.refuseConn(r, http.StatusUnauthorized, ReasonCodeExpired, "code expired")
+		return
+	}
 	switch {
 	case g.topic != tp.Name:
 		k.refuseConn(r, http.StatusUnauthorized, ReasonTopic, "code is for another topic")
@@ -205,9 +229,9 @@ func (k *Kind) connect(r *loop.Request) {
 		cl := &client{conn: c, t: t}
 		cl.ws = r.Upgrade(answer, cl, k.wsOptions(k.clients, loop.WSMessage))
 		k.nextID++
-		cl.Member = loop.Member{ID: k.nextID, IP: cl.ws.IP, IPText: cl.ws.IPText, Conn: &cl.ws.Endpoint,
+		cl.Member = loop.Member{ID: h.IDBase() | k.nextID, IP: cl.ws.IP, IPText: cl.ws.IPText, Conn: &cl.ws.Endpoint,
 			ReadOnly: !cl.write, WriteOnly: !cl.read}
-		t.ch.Join(&cl.Member)
+		t.join(&cl.Member)
 		role = cl
 	}
 	b := role.base()

@@ -15,6 +15,10 @@
 // own listener (token checks, the deny list's disk store); it reaches the
 // loop's state (codes, connections, the deny list's copy) only by posting
 // to it (loop.Server.Do).
+//
+// With replicas (cluster.go), topics span them, a code is redeemed on any
+// replica by asking the one that issued it, and denies and allows reach
+// every replica's list and connections.
 package relay
 
 import (
@@ -50,6 +54,8 @@ type Kind struct {
 	accessURL, relayURL string
 	verifier            *Verifier
 	logger              *slog.Logger
+	codePrefix          string       // in a cluster: the node number that starts every code issued here
+	writer              *storeWriter // writes the verdicts heard from other replicas; nil without a store
 
 	adminMu sync.Mutex // serialises deny and allow: store, then loop
 
@@ -57,6 +63,7 @@ type Kind struct {
 	authFailures map[Reason]*atomic.Uint64
 	badRequests  atomic.Uint64
 	refusedLog   lockedRateLog
+	storeLog     lockedRateLog
 
 	// On the loop.
 	hub       *loop.Hub
@@ -67,6 +74,7 @@ type Kind struct {
 	codeQueue []*grant // by expiry (codes live CodeTTL from issue, so issue order)
 	denied    map[string]time.Time
 	allowed   map[string]time.Time
+	verdicts  map[string]verdict // the latest deny or allow of each booking, until its expiry
 	nextID    uint64
 	lastSweep time.Time
 	lastPrune time.Time
@@ -81,6 +89,8 @@ type counters struct {
 	bookingsDenied, connsDenied                                     uint64
 	messagesIn, bytesIn, deliveries, bytesOut                       uint64
 	watcherWrites                                                   uint64
+	remoteCodes                                                     [remoteCodeOutcomes]uint64
+	replicaVerdicts                                                 [replicaVerdictOutcomes]uint64
 }
 
 // Register adds the relay kind and its listener to s; with cfg.Listen
@@ -95,7 +105,7 @@ func Register(s *loop.Server, cfg Config) (*Kind, error) {
 	}
 	k := &Kind{cfg: cfg, srv: s, secret: []byte(cfg.Secret),
 		topics: map[string]*topic{}, conns: map[*conn]struct{}{}, codes: map[string]*grant{},
-		denied: map[string]time.Time{}, allowed: map[string]time.Time{},
+		denied: map[string]time.Time{}, allowed: map[string]time.Time{}, verdicts: map[string]verdict{},
 		authFailures: map[Reason]*atomic.Uint64{}}
 	for _, r := range reasons {
 		k.authFailures[r] = new(atomic.Uint64)
@@ -113,11 +123,20 @@ func Register(s *loop.Server, cfg Config) (*Kind, error) {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
 	if cfg.DataDir != "" {
-		st, denied, err := openStore(cfg.DataDir, time.Now())
+		st, verdicts, err := openStore(cfg.DataDir, time.Now())
 		if err != nil {
 			return nil, fmt.Errorf("relay data directory: %w", err)
 		}
-		k.store, k.denied = st, denied
+		k.store = st
+		k.writer = newStoreWriter()
+		for _, v := range verdicts {
+			k.verdicts[v.bid] = v
+			if v.deny {
+				k.denied[v.bid] = v.exp
+			} else {
+				k.allowed[v.bid] = v.exp
+			}
+		}
 	}
 	s.Register(k)
 	k.listener = s.NewListener("relay", cfg.Listen)
@@ -160,6 +179,10 @@ func (k *Kind) Start(h *loop.Hub) error {
 	}
 	k.verifier = v
 	k.lastSweep, k.lastPrune = h.Now(), h.Now()
+	k.startCluster(h)
+	if k.writer != nil {
+		k.writer.start(k.store, k.storeFailed)
+	}
 	store := "memory only (set a data directory to keep it across restarts)"
 	if k.store != nil {
 		store = k.cfg.DataDir
@@ -205,6 +228,11 @@ func (k *Kind) Tick(h *loop.Hub) {
 				delete(k.allowed, bid)
 			}
 		}
+		for bid, v := range k.verdicts {
+			if !v.exp.After(now) {
+				delete(k.verdicts, bid)
+			}
+		}
 	}
 }
 
@@ -227,27 +255,55 @@ func (k *Kind) sweep(now time.Time) {
 }
 
 // Shutdown implements loop.Kind: the core ends every connection (1001),
-// and each leaves its topic. The store is closed off the loop.
+// and each leaves its topic. The verdicts heard from other replicas and
+// not yet written reach the store (within a bound), which is then closed
+// off the loop.
 func (k *Kind) Shutdown(*loop.Hub) {
 	if st := k.store; st != nil {
 		k.store = nil
+		if !k.writer.finish(2 * time.Second) {
+			k.logger.Warn("relay deny list: verdicts heard from other replicas not all written before shutdown")
+		}
 		go func() { _ = st.close() }()
 	}
 }
 
-// topic is an open relay topic: a channel whose members are clients.
+// topic is an open relay topic: a channel whose members are clients (and,
+// in a cluster, the records of clients on other replicas).
 type topic struct {
 	k    *Kind
 	name string
 	ch   *loop.Channel
 
-	messages, bytes, deliveries uint64 // published by writers; delivered to readers
+	local, readers              int    // clients here; of those, with read
+	messages, bytes, deliveries uint64 // published by writers here; delivered to readers here
 }
 
 var topicPolicy = loop.Policy{ToMembers: true}
 
-// Detached implements loop.Owner: topics have no upstreams.
+// Detached implements loop.Owner: topics have no upstreams of their own
+// (other replicas' interest comes and goes as upstreams without output).
 func (*topic) Detached(*loop.Channel, *loop.Upstream) {}
+
+// Replay implements loop.Replayer: a message another replica's writer
+// published reaches the readers here, and is counted here as delivered.
+func (t *topic) Replay(ch *loop.Channel, m *loop.Member, text bool, data []byte) {
+	dropped := t.k.clients.Dropped
+	ch.Publish(loop.MemberData, m, text, data)
+	t.delivered(uint64(t.readers), t.k.clients.Dropped-dropped, len(data))
+}
+
+// delivered counts a message offered to readers here, less those that
+// dropped it.
+func (t *topic) delivered(readers, dropped uint64, size int) {
+	if dropped > readers {
+		dropped = readers
+	}
+	n := readers - dropped
+	t.deliveries += n
+	t.k.c.deliveries += n
+	t.k.c.bytesOut += n * uint64(size)
+}
 
 // topicFor returns the open topic, opening it; nil past the cap.
 func (k *Kind) topicFor(name string) *topic {
@@ -264,10 +320,24 @@ func (k *Kind) topicFor(name string) *topic {
 	return t
 }
 
-// leave takes a client off its topic; an empty topic closes.
+// join puts a client here on its topic.
+func (t *topic) join(m *loop.Member) {
+	t.local++
+	if !m.WriteOnly {
+		t.readers++
+	}
+	t.ch.Join(m)
+}
+
+// leave takes a client off its topic; a topic with no client here closes
+// (other replicas' clients of it are only records).
 func (t *topic) leave(m *loop.Member) {
+	t.local--
+	if !m.WriteOnly {
+		t.readers--
+	}
 	t.ch.Leave(m)
-	if t.ch.Members() == 0 && !t.ch.Closed() {
+	if t.local == 0 && !t.ch.Closed() {
 		t.ch.Close()
 		delete(t.k.topics, t.name)
 	}
@@ -293,13 +363,22 @@ func (k *Kind) Collect(_ *loop.Hub, dst []stats.Sample) []stats.Sample {
 		stats.S(watcherWrites, float64(c.watcherWrites)),
 		stats.S(badRequests, float64(k.badRequests.Load())),
 	)
+	for i, name := range remoteCodeOutcomeNames {
+		dst = append(dst, stats.S(remoteCodes, float64(c.remoteCodes[i]), name))
+	}
+	for i, name := range replicaVerdictOutcomeNames {
+		dst = append(dst, stats.S(replicaVerdicts, float64(c.replicaVerdicts[i]), name))
+	}
+	if k.writer != nil {
+		dst = append(dst, stats.S(storeErrors, float64(k.writer.failures.Load())))
+	}
 	for _, r := range reasons {
 		dst = append(dst, stats.S(authFailures, float64(k.authFailures[r].Load()), string(r)))
 	}
 	ranked := make([]stats.Ranked, 0, len(k.topics))
 	for name, t := range k.topics {
-		ranked = append(ranked, stats.Ranked{Name: name, Rank: float64(t.ch.Members()),
-			Values: [stats.MaxRanked]float64{float64(t.ch.Members()), float64(t.messages), float64(t.bytes), float64(t.deliveries)}})
+		ranked = append(ranked, stats.Ranked{Name: name, Rank: float64(t.local),
+			Values: [stats.MaxRanked]float64{float64(t.local), float64(t.messages), float64(t.bytes), float64(t.deliveries)}})
 	}
 	for _, r := range stats.Bounded(ranked, k.cfg.MetricsTopics) {
 		dst = append(dst,
@@ -324,6 +403,9 @@ var (
 	topicConns       = stats.NewGauge("relay_topic_connections", "Clients of a relay topic (the largest topics; the rest summed as topic=\"_other\").", "topic")
 	topicMessages    = stats.NewCounter("relay_topic_messages_total", "Messages published on a relay topic (in) and delivered (out), largest topics as for relay_topic_connections.", "topic", "direction")
 	topicBytes       = stats.NewCounter("relay_topic_bytes_total", "Payload bytes published on a relay topic, largest topics as for relay_topic_connections.", "topic")
+	remoteCodes      = stats.NewCounter("relay_remote_codes_total", "Codes issued by another replica and presented here: redeemed, refused by their issuer, or unanswered (issuer unreachable).", "outcome")
+	replicaVerdicts  = stats.NewCounter("relay_replica_verdicts_total", "Denies and allows heard from other replicas: applied, stale (a later one was known), malformed messages.", "outcome")
+	storeErrors      = stats.NewCounter("relay_store_errors_total", "Verdicts heard from other replicas that could not be written to the deny list's store (write failed, or its queue was full).")
 )
 
 // lockedRateLog is a RateLog for goroutines other than the loop.

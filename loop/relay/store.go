@@ -11,22 +11,44 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// verdict is the latest decision about a booking: denied, or allowed
+// again, until exp. at (unix nanoseconds) orders decisions wherever they
+// were made: the later one wins (verdict.newer), so that replicas that hear
+// the same decisions in any order, or twice, end up with the same list.
+type verdict struct {
+	bid  string
+	deny bool
+	exp  time.Time // unix seconds, as the admin API gives it
+	at   int64
+}
+
+// newer reports whether v replaces old: it was decided later; at the same
+// instant, a deny wins.
+func (v *verdict) newer(old *verdict) bool {
+	return v.at > old.at || v.at == old.at && v.deny && !old.deny
+}
+
 // store keeps the deny list on disk (bbolt, one file in the data
-// directory), so that a booking cancelled before a restart stays cancelled.
-// It is used only off the loop: at registration and by the access API's
-// handlers.
+// directory), so that a booking cancelled before a restart stays cancelled;
+// allows are kept too, until their expiry, so that a replica that missed an
+// allow cannot bring the deny back. It is used only off the loop: at
+// registration, by the access API's handlers and by the kind's writer
+// (storeWriter).
 type store struct {
 	db *bolt.DB
 }
 
-var denyBucket = []byte("deny")
+var (
+	denyBucket  = []byte("deny")
+	allowBucket = []byte("allow")
+)
 
 // storeFile is the database's name in the data directory.
 const storeFile = "relay.db"
 
-// openStore opens (creating) the database in dir and returns the deny list
-// it holds, without the entries that expired before now (which it drops).
-func openStore(dir string, now time.Time) (*store, map[string]time.Time, error) {
+// openStore opens (creating) the database in dir and returns the verdicts
+// it holds, without those that expired before now (which it drops).
+func openStore(dir string, now time.Time) (*store, []verdict, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, err
 	}
@@ -39,31 +61,23 @@ func openStore(dir string, now time.Time) (*store, map[string]time.Time, error) 
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	s := &store{db: db}
-	denied := map[string]time.Time{}
+	var verdicts []verdict
 	err = db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(denyBucket)
-		if err != nil {
-			return err
-		}
-		var stale [][]byte
-		err = b.ForEach(func(k, v []byte) error {
-			if len(v) != 8 {
-				stale = append(stale, k)
-				return nil
+		for _, name := range [][]byte{denyBucket, allowBucket} {
+			b, err := tx.CreateBucketIfNotExists(name)
+			if err != nil {
+				return err
 			}
-			exp := time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
-			if !exp.After(now) {
-				stale = append(stale, k)
-				return nil
+			if err := pruneBucket(b, now); err != nil {
+				return err
 			}
-			denied[string(k)] = exp
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, k := range stale {
-			if err := b.Delete(k); err != nil {
+			deny := string(name) == string(denyBucket)
+			err = b.ForEach(func(k, v []byte) error {
+				exp, at, _ := decodeEntry(v)
+				verdicts = append(verdicts, verdict{bid: string(k), deny: deny, exp: exp, at: at})
+				return nil
+			})
+			if err != nil {
 				return err
 			}
 		}
@@ -73,35 +87,65 @@ func openStore(dir string, now time.Time) (*store, map[string]time.Time, error) 
 		_ = db.Close()
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return s, denied, nil
+	return s, verdicts, nil
 }
 
-// deny records a booking as denied until exp, and drops entries that have
-// expired by now.
-func (s *store) deny(bid string, exp, now time.Time) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(denyBucket)
-		if err := pruneBucket(b, now); err != nil {
+// put records v unless the store holds a newer verdict for the booking,
+// and drops entries that have expired by now. It reports whether v was
+// written.
+func (s *store) put(v *verdict, now time.Time) (written bool, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		deny, allow := tx.Bucket(denyBucket), tx.Bucket(allowBucket)
+		for _, b := range []*bolt.Bucket{deny, allow} {
+			if err := pruneBucket(b, now); err != nil {
+				return err
+			}
+		}
+		key := []byte(v.bid)
+		for _, old := range []struct {
+			b    *bolt.Bucket
+			deny bool
+		}{{deny, true}, {allow, false}} {
+			if raw := old.b.Get(key); raw != nil {
+				if _, at, ok := decodeEntry(raw); ok && !v.newer(&verdict{deny: old.deny, at: at}) {
+					return nil
+				}
+			}
+		}
+		into, other := deny, allow
+		if !v.deny {
+			into, other = allow, deny
+		}
+		if err := other.Delete(key); err != nil {
 			return err
 		}
-		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], uint64(exp.Unix()))
-		return b.Put([]byte(bid), v[:])
+		var value [16]byte
+		binary.BigEndian.PutUint64(value[:8], uint64(v.exp.Unix()))
+		binary.BigEndian.PutUint64(value[8:], uint64(v.at))
+		written = true
+		return into.Put(key, value[:])
 	})
+	return written, err
 }
 
-// allow removes a booking from the deny list.
-func (s *store) allow(bid string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(denyBucket).Delete([]byte(bid))
-	})
+// decodeEntry reads a stored value: the expiry in unix seconds, then the
+// decision's time (absent in stores written before replicas: the oldest).
+func decodeEntry(v []byte) (exp time.Time, at int64, ok bool) {
+	switch len(v) {
+	case 8:
+		return time.Unix(int64(binary.BigEndian.Uint64(v)), 0), 0, true
+	case 16:
+		return time.Unix(int64(binary.BigEndian.Uint64(v)), 0), int64(binary.BigEndian.Uint64(v[8:])), true
+	}
+	return time.Time{}, 0, false
 }
 
+// pruneBucket drops the entries that expired by now, and those it cannot read.
 func pruneBucket(b *bolt.Bucket, now time.Time) error {
 	var stale [][]byte
 	c := b.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
-		if len(v) != 8 || !time.Unix(int64(binary.BigEndian.Uint64(v)), 0).After(now) {
+		if exp, _, ok := decodeEntry(v); !ok || !exp.After(now) {
 			stale = append(stale, k)
 		}
 	}
