@@ -38,6 +38,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzTargets$$' -fuzztime=$(FUZZTIME) ./internal/readpause/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseTopic$$' -fuzztime=$(FUZZTIME) ./loop/relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=$(FUZZTIME) ./loop/relay/
+	$(GO) test -run='^$$' -fuzz='^FuzzRelayWire$$' -fuzztime=$(FUZZTIME) ./loop/relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzValidJSON$$' -fuzztime=$(FUZZTIME) ./loop/rooms/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseMonolithMessage$$' -fuzztime=$(FUZZTIME) ./loop/rooms/
 	$(GO) test -run='^$$' -fuzz='^FuzzBusMessage$$' -fuzztime=$(FUZZTIME) ./cluster/

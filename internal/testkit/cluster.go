@@ -15,11 +15,12 @@ import (
 // on 127.0.0.(i+1), so that every replica can hold the same port number,
 // and serves HTTP on 127.0.0.1 with a port of its own.
 type Cluster struct {
-	Replicas []*Replica
-	secret   string
-	routes   []int // embedded NATS route ports, by replica
-	env      []string
-	natsURL  string
+	Replicas   []*Replica
+	secret     string
+	routes     []int // embedded NATS route ports, by replica
+	env        []string
+	replicaEnv func(i int) []string
+	natsURL    string
 }
 
 // Replica is one replica of a Cluster.
@@ -37,6 +38,9 @@ type ClusterOptions struct {
 	NATS string
 	// Env is added to every replica's environment.
 	Env []string
+	// ReplicaEnv, when set, adds replica i's own variables (a data
+	// directory, say) after Env.
+	ReplicaEnv func(i int) []string
 }
 
 // StartCluster launches the replicas one after the other (each claims its
@@ -44,7 +48,7 @@ type ClusterOptions struct {
 // replica has heard from every other.
 func StartCluster(tb testing.TB, opts ClusterOptions) *Cluster {
 	tb.Helper()
-	c := &Cluster{secret: "cluster-secret-" + RandomHex(tb, 16), env: opts.Env, natsURL: opts.NATS}
+	c := &Cluster{secret: "cluster-secret-" + RandomHex(tb, 16), env: opts.Env, replicaEnv: opts.ReplicaEnv, natsURL: opts.NATS}
 	if opts.NATS == "" {
 		for range opts.Replicas {
 			c.routes = append(c.routes, FreeTCPPort(tb))
@@ -79,8 +83,28 @@ func (c *Cluster) launch(tb testing.TB, i int) *Replica {
 			"DISPATCH_CLUSTER_ROUTE="+net.JoinHostPort(Localhost, strconv.Itoa(c.routes[i])),
 			"DISPATCH_CLUSTER_PEERS="+strings.Join(peers, ","))
 	}
-	p := Launch(tb, Options{Secret: c.secret, Env: append(env, c.env...)})
+	env = append(env, c.env...)
+	if c.replicaEnv != nil {
+		env = append(env, c.replicaEnv(i)...)
+	}
+	p := Launch(tb, Options{Secret: c.secret, Env: env})
 	return &Replica{Process: p, Index: i, DeviceHost: host}
+}
+
+// Stop stops replica i with SIGTERM (it says bye) and waits for it.
+func (c *Cluster) Stop(i int) { c.Replicas[i].Stop() }
+
+// Restart starts replica i again, stopped or killed before, with the same
+// settings (its route port, its own variables), and waits until the
+// cluster has formed again. Its node number is claimed afresh.
+func (c *Cluster) Restart(tb testing.TB, i int) *Replica {
+	tb.Helper()
+	if !c.Replicas[i].HasExited() {
+		tb.Fatalf("replica %d is still running", i)
+	}
+	c.Replicas[i] = c.launch(tb, i)
+	c.WaitFormed(tb)
+	return c.Replicas[i]
 }
 
 // WaitFormed waits until every live replica has heard from every other
@@ -119,12 +143,25 @@ func (r *Replica) Peers() int {
 // must log at debug level (StartCluster's do).
 func (r *Replica) WaitInterest(tb testing.TB, from *Replica, channel string) {
 	tb.Helper()
+	r.waitInterest(tb, from, channel, "upstreams")
+}
+
+// WaitMembersInterest waits until the replica has heard that from has
+// members of the channel that hear the others (a relay topic's clients,
+// say): from then on it sends them its own members' payloads.
+func (r *Replica) WaitMembersInterest(tb testing.TB, from *Replica, channel string) {
+	tb.Helper()
+	r.waitInterest(tb, from, channel, "members")
+}
+
+func (r *Replica) waitInterest(tb testing.TB, from *Replica, channel, field string) {
+	tb.Helper()
 	node := strconv.FormatUint(from.Node(tb), 10)
-	Eventually(tb, EventTimeout, fmt.Sprintf("replica %d hears replica %d's interest in %s", r.Index, from.Index, channel), func() bool {
+	Eventually(tb, EventTimeout, fmt.Sprintf("replica %d hears replica %d's interest (%s) in %s", r.Index, from.Index, field, channel), func() bool {
 		for _, line := range strings.Split(r.Logs(), "\n") {
 			l := []byte(line)
 			if strings.Contains(line, "cluster: interest") && logField(l, "node") == node &&
-				logField(l, "channel") == channel && logField(l, "upstreams") == "true" {
+				logField(l, "channel") == channel && logField(l, field) == "true" {
 				return true
 			}
 		}

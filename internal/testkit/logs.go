@@ -103,6 +103,9 @@ func (l *LogBuffer) parse(line []byte) {
 
 var textKey = regexp.MustCompile(`(?:^|\s)([A-Za-z_.]+)=`)
 
+// LogField returns the value of key in one log line (text or JSON), or "".
+func LogField(line, key string) string { return logField([]byte(line), key) }
+
 // logField returns the value of key in a text (key=value, key="quoted
 // value") or JSON log line, or "".
 func logField(line []byte, key string) string {

@@ -29,8 +29,12 @@ type Relay struct {
 	// test sets a private key.
 	Key       any
 	Addr      string // the relay listener, host:port
-	AccessURL string // tokens' aud; POST <AccessURL>/session/<topic>
+	AccessURL string // tokens' aud (unless Audience is set); POST <AccessURL>/session/<topic>
 	RelayURL  string
+	// Audience, when set, is tokens' aud instead of AccessURL: replicas
+	// behind one load balancer share the access URL clients see, while a
+	// test reaches each at its own address.
+	Audience string
 }
 
 // RelayEnv is the environment that turns the relay on, on a free port of
@@ -66,6 +70,27 @@ func RelayOf(tb testing.TB, p *Process, secret string) *Relay {
 	return r
 }
 
+// ReplicaRelay is the relay of one replica of a cluster whose replicas
+// share the access URL audience (DISPATCH_RELAY_ACCESS_URL): requests go to
+// the replica's own listener, tokens name the shared audience.
+func ReplicaRelay(tb testing.TB, p *Process, secret, audience string) *Relay {
+	tb.Helper()
+	r := RelayOf(tb, p, secret)
+	r.AccessURL, r.Audience = "http://"+r.Addr, audience
+	return r
+}
+
+// At is uri (a WebSocket URI a relay handed out) pointed at this relay's
+// listener instead: a load balancer may send the connection to any replica.
+func (r *Relay) At(uri string) string {
+	u, err := url.Parse(uri)
+	if err != nil {
+		panic(err)
+	}
+	u.Host = r.Addr
+	return u.String()
+}
+
 // TokenSpec says what a test token claims; zero fields take defaults.
 type TokenSpec struct {
 	Topic     string
@@ -95,6 +120,9 @@ func (r *Relay) Claims(spec TokenSpec) *token.Claims {
 		c.Prefix = token.PrefixSession
 	}
 	aud := spec.Audience
+	if aud == "" {
+		aud = r.Audience
+	}
 	if aud == "" {
 		aud = r.AccessURL
 	}
@@ -306,6 +334,32 @@ func (c *RelayClient) ExpectNothing(d time.Duration) {
 	}
 	if !IsTimeout(err) {
 		c.tb.Fatalf("relay client: %v, want nothing", err)
+	}
+}
+
+// ExpectNoMessage sends a ping and reads to its pong: a data message
+// before it fails the test. Whatever the server queued for the client
+// before it read the ping arrives first, so this checks that nothing was.
+func (c *RelayClient) ExpectNoMessage() {
+	c.tb.Helper()
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(EventTimeout))
+	if err := wsutil.WriteClientMessage(c.Conn, ws.OpPing, []byte("barrier")); err != nil {
+		c.tb.Fatalf("relay client: ping: %v", err)
+	}
+	for {
+		h, payload, err := c.ReadFrame()
+		switch {
+		case err != nil:
+			c.tb.Fatalf("relay client: waiting for a pong: %v", err)
+		case h.OpCode == ws.OpPong && string(payload) == "barrier":
+			return
+		case h.OpCode == ws.OpPing:
+			_ = wsutil.WriteClientMessage(c.Conn, ws.OpPong, payload)
+		case h.OpCode == ws.OpText || h.OpCode == ws.OpBinary || h.OpCode == ws.OpContinuation:
+			c.tb.Fatalf("relay client: got %v %q, want no message", h.OpCode, payload)
+		case h.OpCode == ws.OpClose:
+			c.tb.Fatalf("relay client: closed while waiting for a pong")
+		}
 	}
 }
 
