@@ -48,6 +48,19 @@ func RoomsAddr(tb testing.TB, p *Process) string {
 	return ""
 }
 
+// BalancerID is the id the balancer sends Monoliths in its init, from its
+// start line (msg="room balancer" id=…).
+func BalancerID(tb testing.TB, p *Process) string {
+	tb.Helper()
+	for _, line := range strings.Split(LinesContaining(p.Logs(), "room balancer"), "\n") {
+		if id := logField([]byte(line), "id"); id != "" {
+			return id
+		}
+	}
+	tb.Fatalf("no room balancer line in the logs:\n%s", p.LogTail(4096))
+	return ""
+}
+
 // MonolithOptions shape an emulated Monolith.
 type MonolithOptions struct {
 	ID     string // default: a random id

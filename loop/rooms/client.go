@@ -1,6 +1,7 @@
 package rooms
 
 import (
+	"bytes"
 	"net/http"
 	"strings"
 	"time"
@@ -46,7 +47,17 @@ type client struct {
 	deadline time.Time
 	r        *room
 	ch       *loop.Channel // the channel it joined
+	// early holds what the client sent while its room was being placed
+	// (a question to the placer replica, in a cluster), for the Monolith
+	// once it has joined: at most maxEarlyMessages.
+	early [][]byte
 }
+
+// maxEarlyMessages bounds what a client may send between its auth message
+// and its join, which waits for the placer replica's answer in a cluster
+// (a bus round trip, or its deadline). The web client sends a handful at
+// most; past the bound it is closed to retry (1013).
+const maxEarlyMessages = 16
 
 // upgrade serves GET /api/room/<name> with Upgrade: websocket, on the
 // loop. Refusals are answered before the upgrade: 400 for a bad name, 503
@@ -117,15 +128,39 @@ func (cl *client) Message(c *loop.WSConn, text bool, payload []byte) {
 		cl.state = clientPlacing
 		k.nAuthing--
 		k.join(cl, token)
-	case clientJoined:
-		if !text && !utf8.Valid(payload) || !validObject(payload) {
-			k.c.ClientMessagesRefused++
-			c.EndWith(loop.EndMalformed, ws.StatusInvalidFramePayloadData, "message is not a JSON object")
+	case clientPlacing:
+		if !cl.acceptable(text, payload) {
 			return
 		}
-		k.c.ClientMessages++
-		cl.ch.Publish(loop.MemberData, &cl.Member, true, payload)
+		if len(cl.early) == maxEarlyMessages {
+			k.c.EarlyOverflows++
+			k.rateLogs.early.log(k, "room client sent too much before its room was placed: closing it so that it retries", "client", cl.id, "limit", maxEarlyMessages)
+			c.EndWith(loop.EndSlow, statusTryAgainLater, "too many messages before the room was placed")
+			return
+		}
+		cl.early = append(cl.early, bytes.Clone(payload))
+	case clientJoined:
+		if cl.acceptable(text, payload) {
+			cl.forward(payload)
+		}
 	}
+}
+
+// acceptable reports whether a message of a client past auth is a JSON
+// object; otherwise the client is closed.
+func (cl *client) acceptable(text bool, payload []byte) bool {
+	if !text && !utf8.Valid(payload) || !validObject(payload) {
+		cl.k.c.ClientMessagesRefused++
+		cl.c.EndWith(loop.EndMalformed, ws.StatusInvalidFramePayloadData, "message is not a JSON object")
+		return false
+	}
+	return true
+}
+
+// forward sends a joined client's message to its room's Monolith.
+func (cl *client) forward(payload []byte) {
+	cl.k.c.ClientMessages++
+	cl.ch.Publish(loop.MemberData, &cl.Member, true, payload)
 }
 
 func (cl *client) refuseAuth(p *authProblem) {
@@ -143,12 +178,30 @@ func (cl *client) refuseAuth(p *authProblem) {
 
 // join puts an authenticated client in its room: where the room is loaded,
 // or on the Monolith the strategy picks (the room is mapped there at once,
-// as a placeholder that any real load elsewhere beats). The Monolith is
-// sent join, then the client joins the room's channel.
+// as a placeholder that any real load elsewhere beats); in a cluster the
+// placer replica picks (cluster.go) and the client waits for its answer.
+// The Monolith is sent join, then the client joins the room's channel.
 func (k *Kind) join(cl *client, token []byte) {
+	if k.rooms[cl.key] != nil {
+		k.placeAndJoin(cl, token, nil)
+		return
+	}
+	token = bytes.Clone(token) // the client's read buffer is gone by the answer
+	k.whereNew(cl.name, true, func(m *monolith) {
+		if cl.state == clientPlacing { // not gone meanwhile
+			k.placeAndJoin(cl, token, m)
+		}
+	})
+}
+
+// placeAndJoin maps the client's room on m, unless it is mapped already,
+// and joins the client to it.
+func (k *Kind) placeAndJoin(cl *client, token []byte, m *monolith) {
 	r := k.rooms[cl.key]
 	if r == nil {
-		m := k.pick(cl.key)
+		if m == nil || m.state != linkUp {
+			m = k.pick(cl.key)
+		}
 		if m == nil {
 			k.c.AuthRefused[authNoMonolith]++
 			k.rateLogs.noMonolith.log(k, "room client authenticated with no Monolith connected: closing it so that it retries", "client", cl.id)
@@ -186,6 +239,10 @@ func (k *Kind) join(cl *client, token []byte) {
 	k.scratch = appendJoin(k.scratch[:0], cl.name, cl.Label, token)
 	r.m.send(k.scratch)
 	r.ch.Join(&cl.Member)
+	for _, msg := range cl.early {
+		cl.forward(msg)
+	}
+	cl.early = nil
 	k.debug("room client joined", "client", cl.id, "room", r.name, "monolith", r.m.id)
 }
 

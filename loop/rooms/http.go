@@ -72,11 +72,11 @@ func (k *Kind) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		k.cfg.Metrics.ServeHTTP(w, r)
 	case "/api/balancing":
 		if k.authorised(w, r) {
-			k.serveFromLoop(w, r, "text/plain; charset=utf-8", k.balancingText)
+			k.serveGathered(w, r, "text/plain; charset=utf-8", balancingTopic, mergeBalancing)
 		}
 	case "/api/state":
 		if k.authorised(w, r) {
-			k.serveFromLoop(w, r, "application/json", k.stateJSON)
+			k.serveGathered(w, r, "application/json", stateTopic, mergeState)
 		}
 	case "/api/room/list":
 		if r.Method != http.MethodGet {
@@ -124,10 +124,35 @@ func (k *Kind) serveFromLoop(w http.ResponseWriter, r *http.Request, contentType
 	_, _ = w.Write(doc)
 }
 
+// serveGathered sends every replica's answer to topic, merged (alone,
+// this replica's).
+func (k *Kind) serveGathered(w http.ResponseWriter, r *http.Request, contentType, topic string, merge func([][]byte) []byte) {
+	ctx, cancel := context.WithTimeout(r.Context(), loopQueryTimeout)
+	defer cancel()
+	done := make(chan [][]byte, 1)
+	err := k.srv.Run(ctx, func(h *loop.Hub) {
+		h.GatherParts(topic, func(parts [][]byte) { done <- parts })
+	})
+	var parts [][]byte
+	if err == nil {
+		select {
+		case parts = <-done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
+		jsonError(w, http.StatusServiceUnavailable, "the balancer is busy or stopping")
+		return
+	}
+	w.Header().Set("Content-Type", contentType)
+	_, _ = w.Write(merge(parts))
+}
+
 // balancingText is the human-readable dump of /api/balancing.
 func (k *Kind) balancingText(dst []byte) []byte {
 	b := bytes.NewBuffer(dst)
-	fmt.Fprintf(b, "balancer %s, region %s, strategy %s\n", k.id, k.cfg.Region, k.cfg.Strategy)
+	fmt.Fprintf(b, "balancer %s, region %s, strategy %s%s\n", k.id, k.cfg.Region, k.cfg.Strategy, k.replicaLine())
 	fmt.Fprintf(b, "monoliths: %d connected, %d discovered\n", len(k.up), len(k.targets))
 	fmt.Fprintf(b, "clients: %d\n", k.nClients)
 	fmt.Fprintf(b, "rooms: %d\n", len(k.rooms))
@@ -248,9 +273,9 @@ type targetKey struct{}
 // Monolith (of the balancer's region first). Body and status go through as
 // they are.
 func (k *Kind) serveProxy(w http.ResponseWriter, r *http.Request) {
-	route, key := routeOther, ""
+	route, key, name := routeOther, "", ""
 	if rest, ok := strings.CutPrefix(r.URL.Path, roomPrefix); ok {
-		name, _, _ := strings.Cut(rest, "/")
+		name, _, _ = strings.Cut(rest, "/")
 		if nameProblem(name) == "" {
 			route, key = routeRoom, roomKey(name)
 		}
@@ -265,19 +290,36 @@ func (k *Kind) serveProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), loopQueryTimeout)
-	var target *url.URL
-	err := k.srv.Run(ctx, func(*loop.Hub) {
-		var m *monolith
-		if key != "" {
-			m = k.locate(key)
-		} else if cands := k.candidates(); len(cands) > 0 {
-			m = cands[randIntN(len(cands))]
-		}
+	found := make(chan *url.URL, 1)
+	send := func(m *monolith) {
+		var target *url.URL
 		if m != nil {
 			u := *m.httpURL
 			target = &u
 		}
+		found <- target
+	}
+	err := k.srv.Run(ctx, func(*loop.Hub) {
+		switch {
+		case key == "":
+			var m *monolith
+			if cands := k.candidates(); len(cands) > 0 {
+				m = cands[randIntN(len(cands))]
+			}
+			send(m)
+		case k.rooms[key] != nil:
+			send(k.rooms[key].m)
+		default:
+			k.whereNew(name, false, send) // where the placer would put it, in a cluster
+		}
 	})
+	var target *url.URL
+	if err == nil {
+		select {
+		case target = <-found:
+		case <-ctx.Done():
+		}
+	}
 	cancel()
 	if err != nil || target == nil {
 		k.off.proxyNoMonolith.Add(1)

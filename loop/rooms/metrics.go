@@ -12,10 +12,12 @@ type Counters struct {
 	UpgradesRefused       [refusedCount]uint64    // WebSocket upgrades answered with an error
 	AuthRefused           [authReasonCount]uint64 // clients closed before or at their auth message
 	Joins, Leaves         uint64
-	ClientMessages        uint64 // forwarded to a Monolith as client_msg
-	ClientMessagesRefused uint64 // not a JSON object: the client was closed
-	Placements            uint64 // rooms placed on a Monolith by the strategy
-	RoomsRefused          uint64 // rooms not tracked or not opened for the rooms cap
+	ClientMessages        uint64                    // forwarded to a Monolith as client_msg
+	ClientMessagesRefused uint64                    // not a JSON object: the client was closed
+	EarlyOverflows        uint64                    // more than maxEarlyMessages before the join: the client was closed
+	Placements            uint64                    // rooms placed on a Monolith by the strategy
+	PlacerAsks            [placeOutcomeCount]uint64 // new rooms this replica asked the placer replica about
+	RoomsRefused          uint64                    // rooms not tracked or not opened for the rooms cap
 	Duplicates            [dupCount]uint64
 	MetadataTooLarge      uint64
 	LinkMessages          [msgCount]uint64 // Monolith messages applied, by type
@@ -123,6 +125,7 @@ func (k *Kind) Collect(_ *loop.Hub, dst []stats.Sample) []stats.Sample {
 		stats.S(roomsLeaves, float64(c.Leaves)),
 		stats.S(roomsClientMessages, float64(c.ClientMessages), "forwarded"),
 		stats.S(roomsClientMessages, float64(c.ClientMessagesRefused), "refused"),
+		stats.S(roomsClientMessages, float64(c.EarlyOverflows), "refused_before_join"),
 		stats.S(roomsPlacements, float64(c.Placements), k.cfg.Strategy.String()),
 		stats.S(roomsRefused, float64(c.RoomsRefused)),
 		stats.S(roomsMetadataDropped, float64(c.MetadataTooLarge)),
@@ -144,6 +147,7 @@ func (k *Kind) Collect(_ *loop.Hub, dst []stats.Sample) []stats.Sample {
 	dst = labelled(dst, roomsUnmapped, k.unmapReasons[:], unmapReasonNames[:])
 	dst = labelled(dst, roomsLinkMessages, c.LinkMessages[:], msgNames[:])
 	dst = labelled(dst, roomsLinkAttempts, c.LinkAttempts[:], attemptNames[:])
+	dst = labelled(dst, roomsPlacerAsks, c.PlacerAsks[:], placeOutcomeNames[:])
 	for i := range routeCount {
 		dst = append(dst,
 			stats.S(roomsProxied, float64(k.off.proxied[i].Load()), routeNames[i]),
@@ -177,7 +181,7 @@ var (
 	roomsAuthenticating  = stats.NewGauge("rooms_clients_authenticating", "Room clients connected that have not sent their auth message yet.")
 	roomsJoins           = stats.NewCounter("rooms_joins_total", "Room clients that authenticated and joined their room.")
 	roomsLeaves          = stats.NewCounter("rooms_leaves_total", "Room clients that left their room (leave sent to the Monolith).")
-	roomsClientMessages  = stats.NewCounter("rooms_client_messages_total", "Client messages: forwarded to the Monolith as client_msg, or refused (not a JSON object; the client is closed).", "outcome")
+	roomsClientMessages  = stats.NewCounter("rooms_client_messages_total", "Client messages: forwarded to the Monolith as client_msg, or refused (not a JSON object, or past the bound held before the join; the client is closed).", "outcome")
 	roomsPlacements      = stats.NewCounter("rooms_placements_total", "Rooms placed on a Monolith by the selection strategy.", "strategy")
 	roomsRefused         = stats.NewCounter("rooms_rooms_refused_total", "Rooms not tracked or not opened because the rooms cap was reached.")
 	roomsMetadataDropped = stats.NewCounter("rooms_metadata_dropped_total", "Room metadata past its size bound, not kept for the room list.")
@@ -197,5 +201,6 @@ var (
 	roomsLinkAttempts    = stats.NewCounter("rooms_monolith_attempts_total", "Attempts to link to a Monolith, by outcome.", "outcome")
 	roomsProxied         = stats.NewCounter("rooms_proxy_requests_total", "Requests proxied to a Monolith, by route.", "route")
 	roomsProxyErrors     = stats.NewCounter("rooms_proxy_errors_total", "Proxied requests that failed (502), by route.", "route")
+	roomsPlacerAsks      = stats.NewCounter("rooms_placer_asks_total", "New rooms this replica asked the placer replica about (a cluster): placed where it said, or here because it did not answer or named a Monolith not linked here.", "outcome")
 	roomsRoomClients     = stats.NewGauge("rooms_room_clients", "Clients of a room on this balancer (the largest rooms; the rest summed as room=\"_other\").", "room")
 )

@@ -166,6 +166,7 @@ func (k *Kind) Start(h *loop.Hub) error {
 	h.Log().Info("room balancer", "id", k.id, "region", k.cfg.Region, "strategy", k.cfg.Strategy.String(),
 		"monoliths", len(k.cfg.Monoliths), "dns", k.cfg.DNSName)
 	k.dnsDone = k.cfg.DNSName == ""
+	k.startCluster(h)
 	k.syncTargets()
 	if k.cfg.DNSName != "" {
 		var ctx context.Context
@@ -330,14 +331,6 @@ func (k *Kind) pick(key string) *monolith {
 	return best
 }
 
-// locate is where a room is, or would go: its Monolith, or the pick.
-func (k *Kind) locate(key string) *monolith {
-	if r := k.rooms[key]; r != nil {
-		return r.m
-	}
-	return k.pick(key)
-}
-
 // ring is a consistent-hash ring: weight points per Monolith, each at the
 // hash of the Monolith's id and the point's number, sorted. A room goes to
 // the first point at or after its own hash. Every balancer that sees the
@@ -420,7 +413,7 @@ func (l *rateLog) logAt(k *Kind, level slog.Level, msg string, args ...any) {
 }
 
 type rateLogs struct {
-	rooms, monoliths, equal, clients, roomFull, noMonolith, badMessage, badKick, unrouted rateLog
+	rooms, monoliths, equal, clients, roomFull, noMonolith, badMessage, badKick, unrouted, placer, early rateLog
 }
 
 func randIntN(n int) int { return mrand.IntN(n) }
