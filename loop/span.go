@@ -146,12 +146,12 @@ func (ch *Channel) Spanned() bool { return ch.span != nil }
 // Span is the channel's span, or nil.
 func (ch *Channel) Span() Span { return ch.span }
 
-// LocalUpstreams counts the upstreams attached on this replica; Upstreams
-// counts other replicas' interest too.
+// LocalUpstreams counts the upstreams attached on this replica, watchers
+// apart; Upstreams counts other replicas' interest too.
 func (ch *Channel) LocalUpstreams() int {
 	n := 0
 	for _, u := range ch.upstreams {
-		if u.Out != nil {
+		if u.Out != nil && !u.Watcher {
 			n++
 		}
 	}
@@ -159,9 +159,11 @@ func (ch *Channel) LocalUpstreams() int {
 }
 
 // EachLocalUpstream calls fn for every upstream attached on this replica.
+// Watchers are left out: they admit nothing, so they are no interest that
+// other replicas should admit members for.
 func (ch *Channel) EachLocalUpstream(fn func(*Upstream)) {
 	for _, u := range ch.upstreams {
-		if u.Out != nil {
+		if u.Out != nil && !u.Watcher {
 			fn(u)
 		}
 	}
