@@ -52,9 +52,13 @@ type Step struct {
 	P999us          float64 `json:"lat_p999_us"`
 	MaxUs           float64 `json:"lat_max_us"`
 	Samples         int64   `json:"lat_samples"`
-	OK              bool    `json:"ok"`
-	Why             string  `json:"why,omitempty"`
-	Purpose         string  `json:"purpose,omitempty"`
+	// Everyday scenario only: from the measured process's /metrics; nil
+	// when it does not export the counters.
+	FramesPerWrite *float64 `json:"frames_per_driver_write,omitempty"`
+	PassesPerSec   *float64 `json:"passes_per_second,omitempty"`
+	OK             bool     `json:"ok"`
+	Why            string   `json:"why,omitempty"`
+	Purpose        string   `json:"purpose,omitempty"`
 }
 
 type stepper struct {

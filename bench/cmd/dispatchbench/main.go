@@ -85,11 +85,19 @@ func main() {
 		idleDrivers   = flag.Int("idle-drivers", 0, "idle: drivers")
 		churnConc     intList
 		churnDur      = flag.Duration("churn-time", 0, "churn: duration per concurrency level")
+		edDevices     = flag.Int("everyday-devices", 0, "everyday: devices")
+		edDrivers     = flag.Int("everyday-drivers", 0, "everyday: drivers")
+		edRates       intList
+		edWarmup      = flag.Duration("everyday-warmup", 0, "everyday: unmeasured load before each window")
+		edDur         = flag.Duration("everyday-time", 0, "everyday: steady window per rate and process")
+		edTick        = flag.Duration("everyday-tick", 0, "everyday: pacing granularity of the load")
+		floorBin      = flag.String("floor", "bin/fanoutfloor", "everyday: the floor binary (go build -o bin/fanoutfloor ./bench/cmd/fanoutfloor)")
 	)
 	flag.Var(&serverArgs, "server-arg", "extra server flag (repeatable), e.g. -server-arg=--max-device-pending=4194304")
 	flag.Var(&serverEnv, "server-env", "extra server environment variable (repeatable), e.g. -server-env GODEBUG=gctrace=1")
 	flag.Var(&idleDevices, "idle-devices", "idle: device counts to measure, e.g. 10000,50000")
 	flag.Var(&churnConc, "churn-conc", "churn: concurrency levels, e.g. 1,8,32")
+	flag.Var(&edRates, "everyday-rates", "everyday: records/s per device, one measurement each, e.g. 125,250")
 	flag.Parse()
 
 	if *render != "" {
@@ -118,6 +126,7 @@ func main() {
 		cfg.Scenarios = strings.Split(*scenarios, ",")
 	}
 	cfg.ServerBin = *bin
+	cfg.FloorBin = *floorBin
 	cfg.ServerCPU = *serverCPU
 	cfg.HarnessCPU = *harnessCPU
 	cfg.Repeat = *repeat
@@ -151,6 +160,12 @@ func main() {
 	ov("idle-drivers", func() { cfg.IdleDrivers = *idleDrivers })
 	ov("churn-conc", func() { cfg.ChurnConc = churnConc })
 	ov("churn-time", func() { cfg.ChurnDur = *churnDur })
+	ov("everyday-devices", func() { cfg.EverydayDevices = *edDevices })
+	ov("everyday-drivers", func() { cfg.EverydayDrivers = *edDrivers })
+	ov("everyday-rates", func() { cfg.EverydayRates = edRates })
+	ov("everyday-warmup", func() { cfg.EverydayWarmup = *edWarmup })
+	ov("everyday-time", func() { cfg.EverydayDur = *edDur })
+	ov("everyday-tick", func() { cfg.EverydayTick = *edTick })
 
 	ncpu := runtime.NumCPU()
 	if cfg.ServerCPU >= ncpu || cfg.HarnessCPU >= ncpu {
