@@ -37,6 +37,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestHeadLength$$' -fuzztime=$(FUZZTIME) ./codec/
 
 bench: build
+	$(GO) build -o bin/fanoutfloor ./bench/cmd/fanoutfloor
 	$(GO) run ./bench/cmd/dispatchbench -server $(BIN) -suite standard
 
 soak: build
