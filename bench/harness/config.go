@@ -59,7 +59,6 @@ type Config struct {
 	EverydayRates   []int         `json:"everyday_rates"` // records/s per device, one measurement each
 	EverydayWarmup  time.Duration `json:"everyday_warmup"`
 	EverydayDur     time.Duration `json:"everyday_duration"` // the steady window
-	EverydayTick    time.Duration `json:"everyday_tick"`     // pacing granularity of the load
 	FloorBin        string        `json:"floor_bin"`
 
 	Logf func(format string, args ...any) `json:"-"`
@@ -109,7 +108,6 @@ func SuiteConfig(name string) (Config, error) {
 		c.EverydayRates = []int{125, 250}
 		c.EverydayWarmup = 2 * time.Second
 		c.EverydayDur = 6 * time.Second
-		c.EverydayTick = everydayTick
 	case "quick":
 		c.StepDur = 300 * time.Millisecond
 		c.DrainMax = time.Second
@@ -135,7 +133,6 @@ func SuiteConfig(name string) (Config, error) {
 		c.EverydayRates = []int{50, 100}
 		c.EverydayWarmup = 200 * time.Millisecond
 		c.EverydayDur = 500 * time.Millisecond
-		c.EverydayTick = everydayTick
 	default:
 		return c, fmt.Errorf("unknown suite %q (quick, standard)", name)
 	}

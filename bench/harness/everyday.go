@@ -12,13 +12,6 @@ import (
 	"time"
 )
 
-// everydayTick paces the everyday load. The peak search's 500 µs tick would
-// write each tick's records back to back, and the server would read them in
-// a few passes; real devices sending now and then arrive spread out, so that
-// each record tends to cost its own pass. Finer ticks cost the harness a
-// timer wake-up each.
-const everydayTick = 100 * time.Microsecond
-
 // Series read from /metrics before and after each window. The floor exports
 // the same names.
 const (
@@ -64,7 +57,6 @@ func runEveryday(ctx context.Context, s *scenario) error {
 	s.res.Params["records_per_second_per_device"] = cfg.EverydayRates
 	s.res.Params["warmup_seconds"] = cfg.EverydayWarmup.Seconds()
 	s.res.Params["window_seconds"] = cfg.EverydayDur.Seconds()
-	s.res.Params["tick_us"] = cfg.EverydayTick.Microseconds()
 	s.metrics = true
 	srv, err := s.startServer(ctx)
 	if err != nil {
@@ -90,8 +82,8 @@ func runEveryday(ctx context.Context, s *scenario) error {
 		return err
 	}
 	targets := []*everydayTarget{
-		{name: "server", short: "srv", proc: srv, metrics: srv.MetricsAddr, g: &tcpIngest{loop: loop, tick: cfg.EverydayTick}},
-		{name: "floor", short: "floor", proc: floor, metrics: floor.Addr, g: &tcpIngest{loop: loop, tick: cfg.EverydayTick}},
+		{name: "server", short: "srv", proc: srv, metrics: srv.MetricsAddr, g: &tcpIngest{loop: loop}},
+		{name: "floor", short: "floor", proc: floor, metrics: floor.Addr, g: &tcpIngest{loop: loop}},
 	}
 	defer func() {
 		loop.stop()
@@ -148,7 +140,7 @@ func runEveryday(ctx context.Context, s *scenario) error {
 	s.note("correctness: server %d, floor %d records per driver, every one verified in order per device at each of the %d drivers, no loss",
 		targets[0].g.sentTotal(), targets[1].g.sentTotal(), nDrv)
 	s.note("each rate: %v warm-up (not measured), then a %v steady window, on bin/dispatch and then on the floor; %d devices write one %d-byte record per write(2), round-robin, paced every %v; both processes pinned to the server CPU",
-		cfg.EverydayWarmup, cfg.EverydayDur, nDev, RecordSize, cfg.EverydayTick)
+		cfg.EverydayWarmup, cfg.EverydayDur, nDev, RecordSize, hotTick)
 	s.note("CPU per delivery = utime+stime of the measured process over the steady window ÷ records delivered to the drivers in it (sum over drivers); ratio = server ÷ floor. The floor (bench/cmd/fanoutfloor) is a bare epoll fan-out on raw system calls: one read per ready device, one writev per driver per pass, the same bytes on the wire")
 	s.note("frames per driver write and passes/s come from /metrics (%s, %s, %s) read before and after the window; bin/dispatch publishes its counters once a second, so only ratios of their deltas are used: frames/write = Δframes ÷ Δwrites, passes/s = Δpasses ÷ Δframes × frames/s measured at the drivers",
 		seriesFramesOut, seriesWrites, seriesPasses)
@@ -308,6 +300,7 @@ func everydayMetrics(s *scenario, perDev int, targets []*everydayTarget, win []S
 	}
 	s.metric(k+"ratio_to_floor", l+"server CPU per delivery ÷ floor's", ratio, "ratio")
 	each("cpu_pct", "CPU (% of one core)", "%", func(st *Step) float64 { return st.ServerCPUPct })
+	each("core_busy", "core busy (/proc/stat, incl. softirq)", "%", func(st *Step) float64 { return st.ServerCoreBusy })
 	each("frames_per_write", "frames per driver write", "frames/write", func(st *Step) float64 { return orNaN(st.FramesPerWrite) })
 	each("passes", "loop passes/s", "passes/s", func(st *Step) float64 { return orNaN(st.PassesPerSec) })
 	each("p50_us", "latency p50 (device write → driver read)", "µs", func(st *Step) float64 { return st.P50us })

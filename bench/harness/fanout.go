@@ -120,7 +120,6 @@ func (h *fanHandler) message(m *codec.Message) error {
 // writes the devices (one record per write(2), round-robin) and reads the drivers.
 type tcpIngest struct {
 	loop    *hotLoop
-	tick    time.Duration // pacing granularity (0: the hot loop's default)
 	conns   []*net.TCPConn
 	devs    []*tcpDev
 	rr      int
@@ -256,7 +255,7 @@ func (g *tcpIngest) run(ctx context.Context, rate float64, dur time.Duration, st
 		}
 		return all
 	}
-	return g.loop.offer(rate, dur, g.tick, emit, flush)
+	return g.loop.offer(rate, dur, emit, flush)
 }
 
 // finalCheck: every driver received every record of every device, exactly.

@@ -53,7 +53,6 @@ type hotReader interface {
 type hotCmd struct {
 	rate  float64
 	dur   time.Duration
-	tick  time.Duration
 	emit  func(n int) (int, error)
 	flush func() bool
 	sent  int64
@@ -91,12 +90,8 @@ func newHotLoop() (*hotLoop, error) {
 func (l *hotLoop) add(r hotReader) { l.adds <- r }
 
 // offer runs one paced command and returns how many items were written.
-// tick is its pacing granularity (0: hotTick).
-func (l *hotLoop) offer(rate float64, dur, tick time.Duration, emit func(int) (int, error), flush func() bool) (int64, error) {
-	if tick <= 0 {
-		tick = hotTick
-	}
-	c := &hotCmd{rate: rate, dur: dur, tick: tick, emit: emit, flush: flush, done: make(chan struct{})}
+func (l *hotLoop) offer(rate float64, dur time.Duration, emit func(int) (int, error), flush func() bool) (int64, error) {
+	c := &hotCmd{rate: rate, dur: dur, emit: emit, flush: flush, done: make(chan struct{})}
 	select {
 	case l.cmds <- c:
 	case <-l.done:
@@ -245,7 +240,7 @@ func (l *hotLoop) run() {
 				cur = nil
 				continue
 			}
-			l.wait(cur.tick)
+			l.wait(hotTick)
 			continue
 		}
 		due := int64(cur.rate*el.Seconds()) - issued
@@ -270,7 +265,7 @@ func (l *hotLoop) run() {
 			continue
 		}
 		// sleep until a tick's worth of items (at least one) is due
-		batch := max(1, cur.rate*cur.tick.Seconds())
+		batch := max(1, cur.rate*hotTick.Seconds())
 		next := time.Duration((float64(issued) + batch) / cur.rate * float64(time.Second))
 		d := min(next-time.Since(start), time.Millisecond, cur.dur-time.Since(start))
 		if d > 0 {

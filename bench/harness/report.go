@@ -120,9 +120,8 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		WaitQuiet  string `json:"wait_quiet"`
 		EDWarmup   string `json:"everyday_warmup"`
 		EDDur      string `json:"everyday_duration"`
-		EDTick     string `json:"everyday_tick"`
 	}{plain(c), c.StepDur.String(), c.DrainMax.String(), c.LatencyDur.String(), c.BulkDur.String(), c.ChurnDur.String(), c.ProfileDur.String(), c.WaitQuiet.String(),
-		c.EverydayWarmup.String(), c.EverydayDur.String(), c.EverydayTick.String()})
+		c.EverydayWarmup.String(), c.EverydayDur.String()})
 }
 
 // WriteJSON writes the report to path (creating its directory).
@@ -328,7 +327,6 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 		WaitQuiet  string `json:"wait_quiet"`
 		EDWarmup   string `json:"everyday_warmup"`
 		EDDur      string `json:"everyday_duration"`
-		EDTick     string `json:"everyday_tick"`
 	}
 	if err := json.Unmarshal(b, &aux); err != nil {
 		return err
@@ -339,7 +337,7 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 		to *time.Duration
 	}{{aux.StepDur, &c.StepDur}, {aux.DrainMax, &c.DrainMax}, {aux.LatencyDur, &c.LatencyDur}, {aux.BulkDur, &c.BulkDur},
 		{aux.ChurnDur, &c.ChurnDur}, {aux.ProfileDur, &c.ProfileDur}, {aux.WaitQuiet, &c.WaitQuiet},
-		{aux.EDWarmup, &c.EverydayWarmup}, {aux.EDDur, &c.EverydayDur}, {aux.EDTick, &c.EverydayTick}} {
+		{aux.EDWarmup, &c.EverydayWarmup}, {aux.EDDur, &c.EverydayDur}} {
 		if d.s != "" {
 			v, err := time.ParseDuration(d.s)
 			if err != nil {

@@ -123,7 +123,7 @@ func (g *udpGen) takeHist(step uint8) *hdrhistogram.Histogram {
 
 func (g *udpGen) run(ctx context.Context, rate float64, dur time.Duration, step uint8) (int64, error) {
 	var rec [RecordSize]byte
-	return g.loop.offer(rate, dur, 0, func(n int) (int, error) {
+	return g.loop.offer(rate, dur, func(n int) (int, error) {
 		done := 0
 		for tries := 0; done < n && tries < 2*n; tries++ {
 			src := g.srcs[g.rr]

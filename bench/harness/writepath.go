@@ -128,7 +128,7 @@ var ip127 = []byte("127.0.0.1")
 
 func (g *writeGen) run(ctx context.Context, rate float64, dur time.Duration, step uint8) (int64, error) {
 	var rec [RecordSize]byte
-	return g.loop.offer(rate, dur, 0, func(n int) (int, error) {
+	return g.loop.offer(rate, dur, func(n int) (int, error) {
 		now := nanotime()
 		for i := 0; i < n; i++ {
 			k := g.rr

@@ -90,7 +90,6 @@ func main() {
 		edRates       intList
 		edWarmup      = flag.Duration("everyday-warmup", 0, "everyday: unmeasured load before each window")
 		edDur         = flag.Duration("everyday-time", 0, "everyday: steady window per rate and process")
-		edTick        = flag.Duration("everyday-tick", 0, "everyday: pacing granularity of the load")
 		floorBin      = flag.String("floor", "bin/fanoutfloor", "everyday: the floor binary (go build -o bin/fanoutfloor ./bench/cmd/fanoutfloor)")
 	)
 	flag.Var(&serverArgs, "server-arg", "extra server flag (repeatable), e.g. -server-arg=--max-device-pending=4194304")
@@ -165,7 +164,6 @@ func main() {
 	ov("everyday-rates", func() { cfg.EverydayRates = edRates })
 	ov("everyday-warmup", func() { cfg.EverydayWarmup = *edWarmup })
 	ov("everyday-time", func() { cfg.EverydayDur = *edDur })
-	ov("everyday-tick", func() { cfg.EverydayTick = *edTick })
 
 	ncpu := runtime.NumCPU()
 	if cfg.ServerCPU >= ncpu || cfg.HarnessCPU >= ncpu {
