@@ -44,6 +44,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzBusMessage$$' -fuzztime=$(FUZZTIME) ./cluster/
 
 bench: build
+	$(GO) build -o bin/fanoutfloor ./bench/cmd/fanoutfloor
 	$(GO) run ./bench/cmd/dispatchbench -server $(BIN) -suite standard
 
 soak: build

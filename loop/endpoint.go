@@ -215,6 +215,17 @@ func (e *Endpoint) finish(reason EndReason, detail string) bool {
 	return true
 }
 
+// flushAndFinish starts a server-side end: what is already queued is
+// written (a WRITE followed by a CLOSE still reaches the peer), then the end
+// is booked. It reports false if the endpoint had already ended.
+func (e *Endpoint) flushAndFinish(reason EndReason, detail string) bool {
+	if e.ended {
+		return false
+	}
+	_ = e.hub.writePending(e)
+	return e.finish(reason, detail)
+}
+
 // full handles an endpoint past its bound, by its policy.
 func (e *Endpoint) full() {
 	if e.closing || e.onFull == DropWhenFull {

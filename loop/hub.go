@@ -3,15 +3,14 @@ package loop
 import (
 	"context"
 	"errors"
-	"syscall"
-
-	"github.com/placeos-gnet/dispatch/internal/readpause"
 	"log/slog"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/placeos-gnet/dispatch/internal/readpause"
 	"github.com/placeos-gnet/dispatch/stats"
 )
 

@@ -290,9 +290,11 @@ func (ch *Channel) LocalUpstreams() int {
 }
 
 // EachLocalUpstream calls fn for every upstream attached on this replica.
+// Watchers are left out: they admit nothing, so they are no interest that
+// other replicas should admit members for.
 func (ch *Channel) EachLocalUpstream(fn func(*Upstream)) {
 	for _, u := range ch.upstreams {
-		if u.Out != nil {
+		if u.Out != nil && !u.Watcher {
 			fn(u)
 		}
 	}

@@ -74,14 +74,10 @@ func (c *TCPConn) traffic(gc gnet.Conn) gnet.Action {
 // end writes what is already queued for the peer (a WRITE followed by a
 // CLOSE reaches the device), tells the role and closes the connection.
 func (c *TCPConn) end(reason EndReason, _ ws.StatusCode, text string) {
-	if c.ended {
+	if !c.flushAndFinish(reason, text) {
 		return
 	}
 	h := c.hub
-	_ = h.writePending(&c.Endpoint)
-	if !c.finish(reason, text) {
-		return
-	}
 	h.rawConns--
 	c.role.Ended(c, reason)
 	h.closeConn(c.conn)

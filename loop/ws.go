@@ -201,14 +201,10 @@ func (c *WSConn) end(reason EndReason, code ws.StatusCode, text string) {
 // (or closeLinger passed): even a slow reader that wakes up learns why it
 // was cut.
 func (c *WSConn) endWith(reason EndReason, code ws.StatusCode, text string) {
-	if c.ended {
+	if !c.flushAndFinish(reason, text) {
 		return
 	}
 	h := c.hub
-	_ = h.writePending(&c.Endpoint)
-	if !c.finish(reason, text) {
-		return
-	}
 	if code == 0 {
 		code = reason.closeCode()
 	}

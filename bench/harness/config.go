@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -53,17 +54,23 @@ type Config struct {
 	ChurnConc []int         `json:"churn_concurrency"`
 	ChurnDur  time.Duration `json:"churn_duration"`
 
-	TopicSubscribers   []int   `json:"topic_subscribers"`
-	TopicDeliveryStart float64 `json:"topic_delivery_start"` // first step, in deliveries/s
-	TopicBatch         int     `json:"topic_batch"`          // messages per publisher write(2)
-	RoomsClients       []int   `json:"rooms_broadcast_clients"`
-	RoomsIngestClients int     `json:"rooms_ingest_clients"`
+	TopicSubscribers   []int         `json:"topic_subscribers"`
+	TopicDeliveryStart float64       `json:"topic_delivery_start"` // first step, in deliveries/s
+	TopicBatch         int           `json:"topic_batch"`          // messages per publisher write(2)
+	RoomsClients       []int         `json:"rooms_broadcast_clients"`
+	RoomsIngestClients int           `json:"rooms_ingest_clients"`
+	EverydayDevices    int           `json:"everyday_devices"`
+	EverydayDrivers    int           `json:"everyday_drivers"`
+	EverydayRates      []int         `json:"everyday_rates"` // records/s per device, one measurement each
+	EverydayWarmup     time.Duration `json:"everyday_warmup"`
+	EverydayDur        time.Duration `json:"everyday_duration"` // the steady window
+	FloorBin           string        `json:"floor_bin"`
 
 	Logf func(format string, args ...any) `json:"-"`
 }
 
 // AllScenarios in suite order.
-var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn", "topic", "rooms", "cluster"}
+var AllScenarios = []string{"fanout", "ingest", "udp", "write", "bulk", "idle", "churn", "topic", "rooms", "cluster", "everyday"}
 
 // SuiteConfig returns the preset for "quick" or "standard".
 func SuiteConfig(name string) (Config, error) {
@@ -71,6 +78,7 @@ func SuiteConfig(name string) (Config, error) {
 		Suite:      name,
 		Scenarios:  AllScenarios,
 		ServerBin:  "bin/dispatch",
+		FloorBin:   "bin/fanoutfloor",
 		ServerCPU:  0,
 		HarnessCPU: 1,
 		Secret:     "bench-secret-0123456789",
@@ -105,6 +113,11 @@ func SuiteConfig(name string) (Config, error) {
 		c.TopicBatch = 1
 		c.RoomsClients = []int{100, 1000}
 		c.RoomsIngestClients = 1000
+		c.EverydayDevices = 200
+		c.EverydayDrivers = 4
+		c.EverydayRates = []int{125, 250}
+		c.EverydayWarmup = 2 * time.Second
+		c.EverydayDur = 6 * time.Second
 	case "quick":
 		c.StepDur = 300 * time.Millisecond
 		c.DrainMax = time.Second
@@ -130,6 +143,11 @@ func SuiteConfig(name string) (Config, error) {
 		c.TopicBatch = 1
 		c.RoomsClients = []int{10, 50}
 		c.RoomsIngestClients = 50
+		c.EverydayDevices = 20
+		c.EverydayDrivers = 2
+		c.EverydayRates = []int{50, 100}
+		c.EverydayWarmup = 200 * time.Millisecond
+		c.EverydayDur = 500 * time.Millisecond
 	default:
 		return c, fmt.Errorf("unknown suite %q (quick, standard)", name)
 	}
@@ -143,6 +161,7 @@ type scenario struct {
 	others   []*Server // more replicas of a cluster, beside srv
 	res      *ScenarioResult
 	maxOther float64 // highest CPU share of other processes seen in a step
+	metrics  bool    // start the server with its --metrics listener
 }
 
 func (s *scenario) logf(format string, args ...any) { s.cfg.Logf(format, args...) }
@@ -166,7 +185,7 @@ func (s *scenario) startServer(ctx context.Context, extra ...string) (*Server, e
 	args = append(args, s.cfg.ServerArgs...)
 	srv, err := StartServer(ctx, ServerOpts{
 		Bin: s.cfg.ServerBin, CPU: s.cfg.ServerCPU, Secret: s.cfg.Secret,
-		LogLevel: s.cfg.LogLevel, Args: args, Env: s.cfg.ServerEnv, Metrics: s.cfg.ProfileDir != "",
+		LogLevel: s.cfg.LogLevel, Args: args, Env: s.cfg.ServerEnv, Metrics: s.cfg.ProfileDir != "" || s.metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -246,16 +265,17 @@ var scenarioFuncs = map[string]struct {
 	title string
 	run   func(ctx context.Context, s *scenario) error
 }{
-	"fanout":  {"1. fan-out, small messages (1 TCP port, D drivers, M devices)", runFanout},
-	"ingest":  {"2. ingest (many devices, 1 driver)", runIngest},
-	"udp":     {"3. UDP ingest (many source sockets, D drivers)", runUDP},
-	"write":   {"4. write path (1 driver → many devices)", runWritePath},
-	"bulk":    {"5. bulk (1 device → 1 driver, 64 KiB writes) vs loopback pipe", runBulk},
-	"idle":    {"6. idle memory (server RSS per connection)", runIdle},
-	"churn":   {"7. churn (connect → OPENED → close → CLOSED)", runChurn},
-	"topic":   {"8. relay topic (1 publisher → S subscribers, 64 B messages)", runTopic},
-	"rooms":   {"9. rooms (OpenTogetherTube balancer: one Monolith broadcasting to a room; clients sending to it)", runRooms},
-	"cluster": {"10. cluster fan-out: devices on replica 1, drivers on replicas 2 and 3, against one replica", runCluster},
+	"fanout":   {"1. fan-out, small messages (1 TCP port, D drivers, M devices)", runFanout},
+	"ingest":   {"2. ingest (many devices, 1 driver)", runIngest},
+	"udp":      {"3. UDP ingest (many source sockets, D drivers)", runUDP},
+	"write":    {"4. write path (1 driver → many devices)", runWritePath},
+	"bulk":     {"5. bulk (1 device → 1 driver, 64 KiB writes) vs loopback pipe", runBulk},
+	"idle":     {"6. idle memory (server RSS per connection)", runIdle},
+	"churn":    {"7. churn (connect → OPENED → close → CLOSED)", runChurn},
+	"topic":    {"8. relay topic (1 publisher → S subscribers, 64 B messages)", runTopic},
+	"rooms":    {"9. rooms (OpenTogetherTube balancer: one Monolith broadcasting to a room; clients sending to it)", runRooms},
+	"cluster":  {"10. cluster fan-out: devices on replica 1, drivers on replicas 2 and 3, against one replica", runCluster},
+	"everyday": {"11. everyday load (fixed rates far below the peak) vs a bare epoll fan-out", runEveryday},
 }
 
 // Run executes the configured scenarios and returns the report. A scenario
@@ -270,6 +290,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if abs, err := filepath.Abs(cfg.ServerBin); err == nil {
 		cfg.ServerBin = abs
+	}
+	if slices.Contains(cfg.Scenarios, "everyday") {
+		if _, err := os.Stat(cfg.FloorBin); err != nil {
+			return nil, fmt.Errorf("floor binary for the everyday scenario (go build -o bin/fanoutfloor ./bench/cmd/fanoutfloor): %w", err)
+		}
+		if abs, err := filepath.Abs(cfg.FloorBin); err == nil {
+			cfg.FloorBin = abs
+		}
 	}
 	if cfg.Repeat < 1 {
 		cfg.Repeat = 1

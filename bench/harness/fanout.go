@@ -121,11 +121,73 @@ func (h *fanHandler) message(m *codec.Message) error {
 // writes the devices (one record per write(2), round-robin) and reads the drivers.
 type tcpIngest struct {
 	loop    *hotLoop
+	conns   []*net.TCPConn
 	devs    []*tcpDev
 	rr      int
 	drivers []*Driver
 	hs      []*fanHandler
 	sent    atomic.Int64
+}
+
+// connect attaches nDrivers drivers, read by the hot loop, to a fresh device
+// port (driver i at driverAddr(i)), connects nDevices devices to that port
+// on 127.0.0.1 once ready (if given) says they can, and waits until every
+// driver has seen every OPENED. close releases whatever it opened, also
+// after a failure.
+func (g *tcpIngest) connect(ctx context.Context, driverAddr func(int) string, secret string, nDrivers, nDevices int,
+	ready func(ctx context.Context, port int) error) error {
+	port, err := devicePort()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < nDrivers; i++ {
+		g.hs = append(g.hs, newFanHandler(i))
+	}
+	g.drivers, err = dialDrivers(ctx, nDrivers, func(i int) DriverDialOpts {
+		return DriverDialOpts{Addr: driverAddr(i), Port: port, Accept: "127.0.0.1", Secret: secret, BigBufs: true, Manual: true}
+	}, func(i int) msgHandler { return g.hs[i] })
+	if err != nil {
+		return err
+	}
+	for _, d := range g.drivers {
+		g.loop.add(hotDriver{d})
+	}
+	if ready != nil {
+		if err := ready(ctx, port); err != nil {
+			return err
+		}
+	}
+	g.conns, err = dialDevices(ctx, port, nDevices, 16, nil)
+	if err != nil {
+		return err
+	}
+	for i, c := range g.conns {
+		fd, err := connFd(c)
+		if err != nil {
+			return err
+		}
+		g.devs = append(g.devs, &tcpDev{idx: i, conn: c, fd: fd})
+	}
+	if !waitFor(ctx, 30*time.Second, func() bool {
+		if driversErr(g.drivers) != nil {
+			return true
+		}
+		for _, h := range g.hs {
+			if h.opened.Load() < int64(nDevices) {
+				return false
+			}
+		}
+		return true
+	}) {
+		return fmt.Errorf("drivers did not see OPENED for all %d devices within 30s (driver 0 saw %d)", nDevices, g.hs[0].opened.Load())
+	}
+	return driversErr(g.drivers)
+}
+
+// close closes the devices and the drivers; stop the hot loop first.
+func (g *tcpIngest) close() {
+	closeAll(g.conns)
+	closeDrivers(g.drivers)
 }
 
 func (g *tcpIngest) fanout() int      { return len(g.drivers) }
@@ -282,64 +344,20 @@ func runTCPIngestOn(ctx context.Context, s *scenario, nDrivers, nDevices int, pr
 			return err
 		}
 	}
-	port, err := devicePort()
-	if err != nil {
-		return err
-	}
 	loop, err := newHotLoop()
 	if err != nil {
 		return err
 	}
 	g := &tcpIngest{loop: loop}
-	for i := 0; i < nDrivers; i++ {
-		g.hs = append(g.hs, newFanHandler(i))
-	}
-	g.drivers, err = dialDrivers(ctx, nDrivers, func(i int) DriverDialOpts {
-		return DriverDialOpts{Addr: driverAddr(i), Port: port, Accept: "127.0.0.1", Secret: cfg.Secret, BigBufs: true, Manual: true}
-	}, func(i int) msgHandler { return g.hs[i] })
-	if err != nil {
-		loop.stop()
-		return err
-	}
-	var conns []*net.TCPConn
 	defer func() {
 		loop.stop()
-		closeAll(conns)
-		closeDrivers(g.drivers)
+		g.close()
 	}()
-	for _, d := range g.drivers {
-		loop.add(hotDriver{d})
+	var ready func(ctx context.Context, port int) error
+	if topo != nil {
+		ready = topo.ready
 	}
-	if topo != nil && topo.ready != nil {
-		if err := topo.ready(ctx, port); err != nil {
-			return err
-		}
-	}
-	conns, err = dialDevices(ctx, port, nDevices, 16, nil)
-	if err != nil {
-		return err
-	}
-	for i, c := range conns {
-		fd, err := connFd(c)
-		if err != nil {
-			return err
-		}
-		g.devs = append(g.devs, &tcpDev{idx: i, conn: c, fd: fd})
-	}
-	if !waitFor(ctx, 30*time.Second, func() bool {
-		if driversErr(g.drivers) != nil {
-			return true
-		}
-		for _, h := range g.hs {
-			if h.opened.Load() < int64(nDevices) {
-				return false
-			}
-		}
-		return true
-	}) {
-		return fmt.Errorf("drivers did not see OPENED for all %d devices within 30s (driver 0 saw %d)", nDevices, g.hs[0].opened.Load())
-	}
-	if err := driversErr(g.drivers); err != nil {
+	if err := g.connect(ctx, driverAddr, cfg.Secret, nDrivers, nDevices, ready); err != nil {
 		return err
 	}
 	st := &stepper{sc: s, g: g, dur: cfg.StepDur, drainMax: cfg.DrainMax}

@@ -2,23 +2,17 @@ package harness
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 )
 
 // TestQuickSuite runs the quick suite against the real bin/dispatch when it
-// has been built (go build -o bin/dispatch ./cmd/dispatch); it checks
+// has been built (go build -o bin/dispatch ./cmd/dispatch), and the floor
+// of the everyday scenario, which it builds; it checks
 // correctness (no byte lost or reordered, no crash), not speed.
 func TestQuickSuite(t *testing.T) {
-	bin, err := filepath.Abs("../../bin/dispatch")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("no server binary at %s (build it with go build -o bin/dispatch ./cmd/dispatch)", bin)
-	}
+	bin := serverBin(t)
 	if testing.Short() {
 		t.Skip("-short")
 	}
@@ -27,6 +21,7 @@ func TestQuickSuite(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.ServerBin = bin
+	cfg.FloorBin = buildFloor(t)
 	cfg.ServerCPU, cfg.HarnessCPU = -1, -1 // leave scheduling alone inside go test
 	cfg.Logf = t.Logf
 	if _, _, err := RaiseNofile(); err != nil {

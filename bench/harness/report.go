@@ -22,13 +22,60 @@ type Report struct {
 	Seconds   float64           `json:"seconds"`
 }
 
-// Metric is one headline figure.
+// Metric is one headline figure. NaN is a figure that could not be
+// measured; it prints as n/a and is null in JSON.
 type Metric struct {
 	Key     string    `json:"key"`
 	Label   string    `json:"label"`
 	Value   float64   `json:"value"`
 	Unit    string    `json:"unit"`
 	Samples []float64 `json:"samples,omitempty"` // per run, when repeated (Value is the median)
+}
+
+// jsonFloat is a float64 whose NaN is null in JSON (which has no NaN).
+type jsonFloat float64
+
+func (f jsonFloat) MarshalJSON() ([]byte, error) {
+	if math.IsNaN(float64(f)) {
+		return []byte("null"), nil
+	}
+	return json.Marshal(float64(f))
+}
+
+func (f *jsonFloat) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*f = jsonFloat(math.NaN())
+		return nil
+	}
+	return json.Unmarshal(b, (*float64)(f))
+}
+
+type metricJSON struct {
+	Key     string      `json:"key"`
+	Label   string      `json:"label"`
+	Value   jsonFloat   `json:"value"`
+	Unit    string      `json:"unit"`
+	Samples []jsonFloat `json:"samples,omitempty"`
+}
+
+func (m Metric) MarshalJSON() ([]byte, error) {
+	j := metricJSON{Key: m.Key, Label: m.Label, Value: jsonFloat(m.Value), Unit: m.Unit}
+	for _, v := range m.Samples {
+		j.Samples = append(j.Samples, jsonFloat(v))
+	}
+	return json.Marshal(j)
+}
+
+func (m *Metric) UnmarshalJSON(b []byte) error {
+	var j metricJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*m = Metric{Key: j.Key, Label: j.Label, Value: float64(j.Value), Unit: j.Unit}
+	for _, v := range j.Samples {
+		m.Samples = append(m.Samples, float64(v))
+	}
+	return nil
 }
 
 // ServerInfo collects facts about the server processes of a scenario.
@@ -71,7 +118,10 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		ChurnDur   string `json:"churn_duration"`
 		ProfileDur string `json:"profile_duration"`
 		WaitQuiet  string `json:"wait_quiet"`
-	}{plain(c), c.StepDur.String(), c.DrainMax.String(), c.LatencyDur.String(), c.BulkDur.String(), c.ChurnDur.String(), c.ProfileDur.String(), c.WaitQuiet.String()})
+		EDWarmup   string `json:"everyday_warmup"`
+		EDDur      string `json:"everyday_duration"`
+	}{plain(c), c.StepDur.String(), c.DrainMax.String(), c.LatencyDur.String(), c.BulkDur.String(), c.ChurnDur.String(), c.ProfileDur.String(), c.WaitQuiet.String(),
+		c.EverydayWarmup.String(), c.EverydayDur.String()})
 }
 
 // WriteJSON writes the report to path (creating its directory).
@@ -90,7 +140,7 @@ func fmtVal(v float64, unit string) string {
 	switch {
 	case math.IsNaN(v) || math.IsInf(v, 0):
 		return "n/a"
-	case unit == "%" || unit == "ratio" || unit == "µs" || unit == "µs/frame" || unit == "µs/item" || unit == "µs/cycle" || unit == "MB/s" || unit == "KiB" || unit == "MiB":
+	case unit == "%" || unit == "ratio" || unit == "µs" || unit == "µs/frame" || unit == "µs/item" || unit == "µs/delivery" || unit == "frames/write" || unit == "µs/cycle" || unit == "MB/s" || unit == "KiB" || unit == "MiB":
 		if math.Abs(v) >= 100 {
 			return fmt.Sprintf("%.0f", v)
 		}
@@ -137,15 +187,23 @@ func (r *Report) WriteTable(w io.Writer) {
 			fmt.Fprintf(w, "  %-52s %12s %-10s%s\n", mt.Label, fmtVal(mt.Value, mt.Unit), mt.Unit, extra)
 		}
 		if len(s.Steps) > 0 {
-			fmt.Fprintf(w, "  %-8s %9s %9s %10s %9s %5s %5s %5s %5s %7s %7s %7s %8s  %s\n", "step", "target/s", "offered/s", "deliver/s", "frames/s", "srv%", "core0", "hrn%", "core1", "µs/frm", "p50µs", "p99µs", "backlog", "ok")
+			counters := hasCounters(s.Steps)
+			extra := ""
+			if counters {
+				extra = fmt.Sprintf(" %7s %8s", "fr/wr", "passes/s")
+			}
+			fmt.Fprintf(w, "  %-9s %9s %9s %10s %9s %5s %5s %5s %5s %5s %7s %7s %7s%s %8s  %s\n", "step", "target/s", "offered/s", "deliver/s", "frames/s", "srv%", "core0", "hrn%", "core1", "oth%", "µs/frm", "p50µs", "p99µs", extra, "backlog", "ok")
 			for _, st := range s.Steps {
 				ok := "ok"
 				if !st.OK {
 					ok = "OVER: " + st.Why
 				}
-				fmt.Fprintf(w, "  %-8s %9s %9s %10s %9s %5.0f %5.0f %5.0f %5.0f %5.0f %7.2f %7.0f %7.0f %8d  %s\n", st.Purpose,
+				if counters {
+					extra = fmt.Sprintf(" %7s %8s", fmtPtr(st.FramesPerWrite, "%.2f"), fmtPtr(st.PassesPerSec, "%.0f"))
+				}
+				fmt.Fprintf(w, "  %-9s %9s %9s %10s %9s %5.0f %5.0f %5.0f %5.0f %5.0f %7.2f %7.0f %7.0f%s %8d  %s\n", st.Purpose,
 					fmtVal(st.TargetRate, ""), fmtVal(st.OfferedRate, ""), fmtVal(st.DeliveredRate, ""), fmtVal(st.FrameRate, ""),
-					st.ServerCPUPct, st.ServerCoreBusy, st.HarnessCPUPct, st.HarnessCoreBusy, st.OtherCPUPct, st.ServerUsPerFrm, st.P50us, st.P99us, st.BacklogAtEnd, ok)
+					st.ServerCPUPct, st.ServerCoreBusy, st.HarnessCPUPct, st.HarnessCoreBusy, st.OtherCPUPct, st.ServerUsPerFrm, st.P50us, st.P99us, extra, st.BacklogAtEnd, ok)
 			}
 		}
 		for _, n := range s.Notes {
@@ -223,18 +281,36 @@ func (r *Report) WriteMarkdown(path string) error {
 
 func writeStepsMD(b *strings.Builder, steps []Step) {
 	if len(steps) > 0 {
-		b.WriteString("| step | target/s | offered/s | delivered/s | frames/s | server CPU % | server core busy % | harness CPU % | harness core busy % | other procs CPU % | server µs/frame | p50 µs | p99 µs | p99.9 µs | backlog | result |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+		counters := hasCounters(steps)
+		head, align, extra := "", "", ""
+		if counters {
+			head, align = " frames per driver write | passes/s |", "---:|---:|"
+		}
+		b.WriteString("| step | target/s | offered/s | delivered/s | frames/s | server CPU % | server core busy % | harness CPU % | harness core busy % | other procs CPU % | server µs/frame | p50 µs | p99 µs | p99.9 µs |" + head + " backlog | result |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + align + "---:|---|\n")
 		for _, st := range steps {
 			ok := "ok"
 			if !st.OK {
 				ok = "over: " + st.Why
 			}
-			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %.1f | %.0f | %.1f | %.0f | %.0f | %.2f | %.0f | %.0f | %.0f | %d | %s |\n", st.Purpose,
+			if counters {
+				extra = fmt.Sprintf(" %s | %s |", fmtPtr(st.FramesPerWrite, "%.2f"), fmtPtr(st.PassesPerSec, "%.0f"))
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %.1f | %.0f | %.1f | %.0f | %.0f | %.2f | %.0f | %.0f | %.0f |%s %d | %s |\n", st.Purpose,
 				fmtVal(st.TargetRate, ""), fmtVal(st.OfferedRate, ""), fmtVal(st.DeliveredRate, ""), fmtVal(st.FrameRate, ""),
-				st.ServerCPUPct, st.ServerCoreBusy, st.HarnessCPUPct, st.HarnessCoreBusy, st.OtherCPUPct, st.ServerUsPerFrm, st.P50us, st.P99us, st.P999us, st.BacklogAtEnd, ok)
+				st.ServerCPUPct, st.ServerCoreBusy, st.HarnessCPUPct, st.HarnessCoreBusy, st.OtherCPUPct, st.ServerUsPerFrm, st.P50us, st.P99us, st.P999us, extra, st.BacklogAtEnd, ok)
 		}
 		b.WriteString("\n")
 	}
+}
+
+// hasCounters: some step carries figures read from the process's /metrics.
+func hasCounters(steps []Step) bool {
+	for _, st := range steps {
+		if st.FramesPerWrite != nil || st.PassesPerSec != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // UnmarshalJSON reads what MarshalJSON wrote (durations as strings).
@@ -249,6 +325,8 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 		ChurnDur   string `json:"churn_duration"`
 		ProfileDur string `json:"profile_duration"`
 		WaitQuiet  string `json:"wait_quiet"`
+		EDWarmup   string `json:"everyday_warmup"`
+		EDDur      string `json:"everyday_duration"`
 	}
 	if err := json.Unmarshal(b, &aux); err != nil {
 		return err
@@ -258,7 +336,8 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 		s  string
 		to *time.Duration
 	}{{aux.StepDur, &c.StepDur}, {aux.DrainMax, &c.DrainMax}, {aux.LatencyDur, &c.LatencyDur}, {aux.BulkDur, &c.BulkDur},
-		{aux.ChurnDur, &c.ChurnDur}, {aux.ProfileDur, &c.ProfileDur}, {aux.WaitQuiet, &c.WaitQuiet}} {
+		{aux.ChurnDur, &c.ChurnDur}, {aux.ProfileDur, &c.ProfileDur}, {aux.WaitQuiet, &c.WaitQuiet},
+		{aux.EDWarmup, &c.EverydayWarmup}, {aux.EDDur, &c.EverydayDur}} {
 		if d.s != "" {
 			v, err := time.ParseDuration(d.s)
 			if err != nil {

@@ -52,9 +52,13 @@ type Step struct {
 	P999us          float64 `json:"lat_p999_us"`
 	MaxUs           float64 `json:"lat_max_us"`
 	Samples         int64   `json:"lat_samples"`
-	OK              bool    `json:"ok"`
-	Why             string  `json:"why,omitempty"`
-	Purpose         string  `json:"purpose,omitempty"`
+	// Everyday scenario only: from the measured process's /metrics; nil
+	// when it does not export the counters.
+	FramesPerWrite *float64 `json:"frames_per_driver_write,omitempty"`
+	PassesPerSec   *float64 `json:"passes_per_second,omitempty"`
+	OK             bool     `json:"ok"`
+	Why            string   `json:"why,omitempty"`
+	Purpose        string   `json:"purpose,omitempty"`
 }
 
 type stepper struct {
@@ -71,22 +75,27 @@ func quantUs(h *hdrhistogram.Histogram, q float64) float64 {
 	return float64(h.ValueAtQuantile(q)) / 1e3
 }
 
-// runStep measures one step. With -wait-quiet, a step during which other
-// processes used more than 10 % of a core is discarded and repeated (twice
-// at most) once the machine is quiet again.
+// runStep measures one step.
 func (s *stepper) runStep(ctx context.Context, rate float64, dur time.Duration, purpose string) (Step, error) {
+	return s.sc.retryNoisy(ctx, func() (Step, error) { return s.measureStep(ctx, rate, dur, purpose) })
+}
+
+// retryNoisy runs measure. With -wait-quiet, a measurement during which
+// other processes used more than 10 % of a core is discarded and repeated
+// (twice at most) once the machine is quiet again.
+func (sc *scenario) retryNoisy(ctx context.Context, measure func() (Step, error)) (Step, error) {
 	for try := 0; ; try++ {
-		st, err := s.measureStep(ctx, rate, dur, purpose)
+		st, err := measure()
 		noisy := st.OtherCPUPct > 10 || st.UnexplainedPct > 20
-		if err != nil || !noisy || s.sc.cfg.WaitQuiet <= 0 || try >= 2 || ctx.Err() != nil {
-			if st.OtherCPUPct > s.sc.maxOther {
-				s.sc.maxOther = st.OtherCPUPct
+		if err != nil || !noisy || sc.cfg.WaitQuiet <= 0 || try >= 2 || ctx.Err() != nil {
+			if st.OtherCPUPct > sc.maxOther {
+				sc.maxOther = st.OtherCPUPct
 			}
 			return st, err
 		}
-		s.sc.logf("  step disturbed (other processes %.0f%% of a core, unexplained core time %.0f%%): repeating it when the machine is quiet", st.OtherCPUPct, st.UnexplainedPct)
-		s.sc.res.Retried++
-		waitQuiet(ctx, s.sc.cfg)
+		sc.logf("  step disturbed (other processes %.0f%% of a core, unexplained core time %.0f%%): repeating it when the machine is quiet", st.OtherCPUPct, st.UnexplainedPct)
+		sc.res.Retried++
+		waitQuiet(ctx, sc.cfg)
 	}
 }
 

@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/placeos-gnet/dispatch/codec"
 )

@@ -201,15 +201,9 @@ func (k *Kind) serveVersion(r *loop.Request) {
 
 // serveStats renders the stats document for every open port.
 func (k *Kind) serveStats(r *loop.Request) {
-	if r.Method != http.MethodGet {
-		r.Error(http.StatusNotFound, "not found", "")
-		return
+	if k.auth.DocumentRequest(r, k.hub) {
+		k.hub.Gather(r, statsTopic, "application/json", stats.Sum[stats.Dispatch])
 	}
-	if !k.auth.Authorised(r.Request) {
-		driver.Unauthorised(r, k.hub.Log())
-		return
-	}
-	k.hub.Gather(r, statsTopic, "application/json", stats.Sum[stats.Dispatch])
 }
 
 // localStats counts what this replica holds: its drivers and devices.

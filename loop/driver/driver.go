@@ -128,6 +128,20 @@ func (a Auth) Preamble(r *loop.Request, h *loop.Hub, param string) (query url.Va
 	return query, true
 }
 
+// DocumentRequest runs the checks of a GET for a document behind the shared
+// secret (the stats and groups documents); unless ok, it has been answered.
+func (a Auth) DocumentRequest(r *loop.Request, h *loop.Hub) (ok bool) {
+	if r.Method != http.MethodGet {
+		r.Error(http.StatusNotFound, "not found", "")
+		return false
+	}
+	if !a.Authorised(r.Request) {
+		Unauthorised(r, h.Log())
+		return false
+	}
+	return true
+}
+
 // ParamError refuses a request for one of its parameters.
 func ParamError(r *loop.Request, h *loop.Hub, status int, param, msg string) {
 	h.Log().Info("refused dispatch request", "peer", r.Peer, "status", status, "parameter", param)

@@ -323,15 +323,9 @@ func (g *group) Close(_ *driver.Driver, ip []byte, id uint64) {
 
 // serveGroups renders the groups document.
 func (k *Kind) serveGroups(r *loop.Request) {
-	if r.Method != http.MethodGet {
-		r.Error(http.StatusNotFound, "not found", "")
-		return
+	if k.auth.DocumentRequest(r, k.hub) {
+		k.hub.Gather(r, groupsTopic, "application/json", stats.Sum[stats.Groups])
 	}
-	if !k.auth.Authorised(r.Request) {
-		driver.Unauthorised(r, k.hub.Log())
-		return
-	}
-	k.hub.Gather(r, groupsTopic, "application/json", stats.Sum[stats.Groups])
 }
 
 // groupsTopic is the cluster-wide question behind the groups document.

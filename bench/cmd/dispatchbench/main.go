@@ -89,6 +89,12 @@ func main() {
 		topicBatch    = flag.Int("topic-batch", 0, "topic: messages per publisher write(2) (1: one write per message)")
 		roomsClients  intList
 		roomsIngest   = flag.Int("rooms-ingest-clients", 0, "rooms: clients sending to the Monolith")
+		edDevices     = flag.Int("everyday-devices", 0, "everyday: devices")
+		edDrivers     = flag.Int("everyday-drivers", 0, "everyday: drivers")
+		edRates       intList
+		edWarmup      = flag.Duration("everyday-warmup", 0, "everyday: unmeasured load before each window")
+		edDur         = flag.Duration("everyday-time", 0, "everyday: steady window per rate and process")
+		floorBin      = flag.String("floor", "bin/fanoutfloor", "everyday: the floor binary (go build -o bin/fanoutfloor ./bench/cmd/fanoutfloor)")
 	)
 	flag.Var(&serverArgs, "server-arg", "extra server flag (repeatable), e.g. -server-arg=--max-device-pending=4194304")
 	flag.Var(&serverEnv, "server-env", "extra server environment variable (repeatable), e.g. -server-env GODEBUG=gctrace=1")
@@ -96,6 +102,7 @@ func main() {
 	flag.Var(&churnConc, "churn-conc", "churn: concurrency levels, e.g. 1,8,32")
 	flag.Var(&topicSubs, "topic-subs", "topic: subscriber counts, e.g. 100,1000")
 	flag.Var(&roomsClients, "rooms-clients", "rooms: room sizes the Monolith broadcasts to, e.g. 100,1000")
+	flag.Var(&edRates, "everyday-rates", "everyday: records/s per device, one measurement each, e.g. 125,250")
 	flag.Parse()
 
 	if *render != "" {
@@ -124,6 +131,7 @@ func main() {
 		cfg.Scenarios = strings.Split(*scenarios, ",")
 	}
 	cfg.ServerBin = *bin
+	cfg.FloorBin = *floorBin
 	cfg.ServerCPU = *serverCPU
 	cfg.HarnessCPU = *harnessCPU
 	cfg.Repeat = *repeat
@@ -161,6 +169,11 @@ func main() {
 	ov("churn-time", func() { cfg.ChurnDur = *churnDur })
 	ov("rooms-clients", func() { cfg.RoomsClients = roomsClients })
 	ov("rooms-ingest-clients", func() { cfg.RoomsIngestClients = *roomsIngest })
+	ov("everyday-devices", func() { cfg.EverydayDevices = *edDevices })
+	ov("everyday-drivers", func() { cfg.EverydayDrivers = *edDrivers })
+	ov("everyday-rates", func() { cfg.EverydayRates = edRates })
+	ov("everyday-warmup", func() { cfg.EverydayWarmup = *edWarmup })
+	ov("everyday-time", func() { cfg.EverydayDur = *edDur })
 
 	ncpu := runtime.NumCPU()
 	if cfg.ServerCPU >= ncpu || cfg.HarnessCPU >= ncpu {
