@@ -41,6 +41,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzRelayWire$$' -fuzztime=$(FUZZTIME) ./loop/relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzValidJSON$$' -fuzztime=$(FUZZTIME) ./loop/rooms/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseMonolithMessage$$' -fuzztime=$(FUZZTIME) ./loop/rooms/
+	$(GO) test -run='^$$' -fuzz='^FuzzRoomsCluster$$' -fuzztime=$(FUZZTIME) ./loop/rooms/
 	$(GO) test -run='^$$' -fuzz='^FuzzBusMessage$$' -fuzztime=$(FUZZTIME) ./cluster/
 
 bench: build
