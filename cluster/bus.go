@@ -140,6 +140,7 @@ type Counters struct {
 	MessagesOut, BytesOut uint64 // NATS messages published
 	MessagesIn, BytesIn   uint64
 	EventsOut, EventsIn   uint64 // member events carried
+	HeardForgotten        uint64 // datagram sources whose replica was forgotten at maxHeard
 	DroppedOut            uint64 // not published: queue full or NATS away
 	DroppedIn             uint64 // dropped by NATS before we read them
 	Malformed             uint64
@@ -623,6 +624,7 @@ func (b *Bus) Collect(_ *loop.Hub, dst []stats.Sample) []stats.Sample {
 		stats.S(busDropped, float64(c.DroppedOut), "out"),
 		stats.S(busDropped, float64(c.DroppedIn), "in"),
 		stats.S(busDropped, float64(c.Malformed), "malformed"),
+		stats.S(clusterHeardForgotten, float64(c.HeardForgotten)),
 		stats.S(clusterOutages, float64(c.Outages)),
 		stats.S(clusterPeersLost, float64(c.PeersLost)),
 		stats.S(clusterConflicts, float64(c.NodeConflicts)),
@@ -640,16 +642,17 @@ func (b *Bus) Counters() Counters {
 }
 
 var (
-	busMessages      = stats.NewCounter("cluster_messages_total", "NATS messages of the cluster bus.", "direction")
-	busBytes         = stats.NewCounter("cluster_bytes_total", "Bytes of NATS messages of the cluster bus.", "direction")
-	busEvents        = stats.NewCounter("cluster_events_total", "Member events carried over the cluster bus (each once, however many replicas hear it).", "direction")
-	busDropped       = stats.NewCounter("cluster_dropped_total", "Bus messages lost: out (queue full or NATS away), in (NATS dropped them for a slow replica), malformed.", "reason")
-	clusterOutages   = stats.NewCounter("cluster_outages_total", "Times the NATS connection was lost.")
-	clusterPeersLost = stats.NewCounter("cluster_peers_lost_total", "Replicas taken as gone after the peer timeout.")
-	clusterConflicts = stats.NewCounter("cluster_node_conflicts_total", "Heartbeats from another replica with this replica's node number.")
-	clusterPeers     = stats.NewGauge("cluster_peers", "Other replicas heard from.")
-	clusterConnected = stats.NewGauge("cluster_connected", "1 while the NATS connection is up.")
-	clusterNode      = stats.NewGauge("cluster_node", "This replica's node number.")
+	busMessages           = stats.NewCounter("cluster_messages_total", "NATS messages of the cluster bus.", "direction")
+	busBytes              = stats.NewCounter("cluster_bytes_total", "Bytes of NATS messages of the cluster bus.", "direction")
+	busEvents             = stats.NewCounter("cluster_events_total", "Member events carried over the cluster bus (each once, however many replicas hear it).", "direction")
+	busDropped            = stats.NewCounter("cluster_dropped_total", "Bus messages lost: out (queue full or NATS away), in (NATS dropped them for a slow replica), malformed.", "reason")
+	clusterHeardForgotten = stats.NewCounter("cluster_datagram_sources_forgotten_total", "Datagram sources heard by another replica whose replica a channel forgot at its bound (answers to them leave from the answering replica).")
+	clusterOutages        = stats.NewCounter("cluster_outages_total", "Times the NATS connection was lost.")
+	clusterPeersLost      = stats.NewCounter("cluster_peers_lost_total", "Replicas taken as gone after the peer timeout.")
+	clusterConflicts      = stats.NewCounter("cluster_node_conflicts_total", "Heartbeats from another replica with this replica's node number.")
+	clusterPeers          = stats.NewGauge("cluster_peers", "Other replicas heard from.")
+	clusterConnected      = stats.NewGauge("cluster_connected", "1 while the NATS connection is up.")
+	clusterNode           = stats.NewGauge("cluster_node", "This replica's node number.")
 )
 
 // dropCounter is counted off the loop.

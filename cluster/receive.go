@@ -202,6 +202,11 @@ func (b *Bus) peerGone(node uint16) {
 	for _, sp := range b.spans {
 		sp.dropRecords(func(r *record) bool { return r.node == node })
 		delete(sp.snapGen, node)
+		for k, n := range sp.heard {
+			if n == node {
+				delete(sp.heard, k)
+			}
+		}
 	}
 	for key, byNode := range b.interest {
 		if byNode[node] != nil {
@@ -223,6 +228,7 @@ func (sp *span) frame(node uint16, f *Frame) {
 		if f.Flags&FlagTransient != 0 {
 			m := &sp.transient
 			m.ID, m.IP = f.ID, sp.addr(f.IP)
+			sp.hear(mkey{m.ID, m.IP}, node)
 			m.IPText = append(m.IPText[:0], f.IP...)
 			m.Label = append(m.Label[:0], f.Label...)
 			ch.Publish(loop.EventType(f.Event), m, f.Flags&FlagText != 0, f.Data)
@@ -251,6 +257,12 @@ func (sp *span) frame(node uint16, f *Frame) {
 			}
 		}
 	case FrameWrite:
+		if f.Flags&FlagTransient != 0 {
+			if o, ok := ch.Owner().(loop.TransientOwner); ok {
+				o.SendTransient(ch, f.ID, f.IP, f.Data)
+			}
+			return
+		}
 		if m := sp.local[mkey{f.ID, sp.addr(f.IP)}]; m != nil {
 			b.hub.Send(m, f.Flags&FlagText != 0, f.Data)
 		}

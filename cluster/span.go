@@ -23,6 +23,7 @@ type span struct {
 
 	local   map[mkey]*loop.Member // members held here
 	records map[mkey]*record      // members held elsewhere, while this replica wants them
+	heard   map[mkey]uint16       // transient members (datagram sources) last heard by another replica
 	ups     map[uint16]*loop.Upstream
 	snapGen map[uint16]uint64
 
@@ -53,6 +54,7 @@ func (b *Bus) Span(ch *loop.Channel) loop.Span {
 		channel: string(AppendChannel(nil, ch.Key.Kind, ch.Key.Name)),
 		local:   make(map[mkey]*loop.Member),
 		records: make(map[mkey]*record),
+		heard:   make(map[mkey]uint16),
 		ups:     make(map[uint16]*loop.Upstream),
 		snapGen: make(map[uint16]uint64),
 	}
@@ -121,6 +123,9 @@ func (sp *span) Event(ev *loop.Event) {
 	}
 	if m.Transient {
 		flags |= FlagTransient
+		if len(sp.heard) > 0 {
+			delete(sp.heard, keyOf(m)) // heard here last: answers leave from here
+		}
 	}
 	if msg, ok := b.batch(sp.subject, sp.channel, 64+len(ev.Data)); ok {
 		b.c.EventsOut++
@@ -198,6 +203,36 @@ func (sp *span) Remote(id uint64, ip []byte) *loop.Member {
 		return &r.Member
 	}
 	return nil
+}
+
+// maxHeard bounds the transient members a channel remembers the replica
+// of. Past it one is forgotten per new one: an answer to a forgotten peer
+// leaves from the replica of the upstream that sent it, as alone.
+const maxHeard = 4096
+
+// hear notes that replica node heard from a transient member.
+func (sp *span) hear(k mkey, node uint16) {
+	if _, ok := sp.heard[k]; !ok && len(sp.heard) >= maxHeard {
+		for old := range sp.heard {
+			delete(sp.heard, old)
+			sp.b.c.HeardForgotten++
+			break
+		}
+	}
+	sp.heard[k] = node
+}
+
+// SendTransient implements loop.Span.
+func (sp *span) SendTransient(id uint64, ip []byte, data []byte) bool {
+	node, ok := sp.heard[mkey{id, parseIP(ip)}]
+	if !ok {
+		return false
+	}
+	b := sp.b
+	if msg, ok := b.batch(b.nodeSubject(node), sp.channel, 32+len(data)); ok {
+		b.pending[len(b.pending)-1].data = AppendWrite(msg, FlagTransient, id, ip, data)
+	}
+	return true
 }
 
 // Closed implements loop.Span: the channel is gone here; so is our

@@ -81,6 +81,10 @@ type Span interface {
 	// Remote finds the record of a remote member as an upstream addresses
 	// it: by id and IP text.
 	Remote(id uint64, ip []byte) *Member
+	// SendTransient carries a payload for a transient member (a datagram's
+	// source) to the replica that last heard from it, and reports false
+	// when that is this one or none.
+	SendTransient(id uint64, ip []byte, data []byte) bool
 	// Closed reports that the channel closed here.
 	Closed()
 }
@@ -269,6 +273,21 @@ func (h *Hub) ReplicaHello(node int) {
 // publishing them.
 type Replayer interface {
 	Replay(ch *Channel, m *Member, text bool, data []byte)
+}
+
+// TransientOwner is an Owner whose members may be transient (a UDP port's
+// peers): what an upstream on another replica sends to one that this
+// replica heard last is handed to SendTransient, which sends it from here,
+// where the peer expects its answer from.
+type TransientOwner interface {
+	SendTransient(ch *Channel, id uint64, ip []byte, data []byte)
+}
+
+// SendTransient sends data to a transient member through the replica that
+// last heard from it, and reports false when no other replica has since
+// this one did: the caller then sends it itself.
+func (ch *Channel) SendTransient(id uint64, ip []byte, data []byte) bool {
+	return ch.span != nil && ch.span.SendTransient(id, ip, data)
 }
 
 // Spanned reports whether the channel spans replicas.

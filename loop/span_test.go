@@ -42,6 +42,10 @@ func (s *fakeSpan) CloseMember(*loop.Member)                { s.closes++ }
 func (s *fakeSpan) Broadcast(*loop.Event)                   { s.broadcasts++ }
 func (s *fakeSpan) Remote(id uint64, _ []byte) *loop.Member { return s.remote[id] }
 func (s *fakeSpan) Closed()                                 {}
+func (s *fakeSpan) SendTransient(uint64, []byte, []byte) bool {
+	s.unicasts++
+	return true
+}
 
 func acceptOnly(t *testing.T, ips string) *driver.AcceptList {
 	a, err := driver.ParseAcceptList(ips)

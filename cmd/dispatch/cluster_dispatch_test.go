@@ -24,7 +24,8 @@ func TestClusterDispatch(t *testing.T) {
 }
 
 // datagramsAcross: a UDP port opened by a driver on replica 2 is bound on
-// replica 1 too, and what reaches it there is heard on replica 2.
+// replica 1 too, what reaches it there is heard on replica 2, and the
+// driver's answer leaves from replica 1.
 func datagramsAcross(t *testing.T, c *testkit.Cluster) {
 	r2 := c.Replicas[1]
 	port := testkit.FreeUDPPort(t)
@@ -43,6 +44,13 @@ func datagramsAcross(t *testing.T, c *testkit.Cluster) {
 		case it := <-pump:
 			if it.Msg.Type != codec.Received || string(it.Msg.Data) != "trap" || it.Msg.ID != testkit.UDPPort(peer) {
 				t.Fatalf("driver heard %+v", it)
+			}
+			// The answer leaves from replica 1's socket, the address the
+			// peer sent to, not from replica 2's.
+			d.Write(testkit.Localhost, testkit.UDPPort(peer), []byte("answer"))
+			from := testkit.ExpectDatagram(t, peer, []byte("answer"))
+			if from.IP.String() != c.Replicas[0].DeviceHost || from.Port != port {
+				t.Fatalf("the answer came from %v, want %s:%d (replica 1, which the peer sent to)", from, c.Replicas[0].DeviceHost, port)
 			}
 			return
 		case <-time.After(50 * time.Millisecond): // the pause between sends, not a synchronisation

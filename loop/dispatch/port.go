@@ -178,10 +178,13 @@ func (dv *device) Ended(*loop.TCPConn, loop.EndReason) {
 
 // Write carries a driver's WRITE: to a device by id on a TCP port (the IP
 // is not checked, as in the original), as a datagram to ip:port on a UDP
-// port.
+// port, from the replica that last heard from ip:port (in a cluster; the
+// peer expects its answer from the address it sent to).
 func (pt *port) Write(d *driver.Driver, ip []byte, id uint64, data []byte) {
 	if pt.proto == protoUDP {
-		pt.sendDatagram(d, ip, id, data)
+		if !pt.ch.SendTransient(id, ip, data) {
+			pt.sendDatagram(d, ip, id, data)
+		}
 		return
 	}
 	if dv := pt.devices[id]; dv != nil {
@@ -219,9 +222,16 @@ func (pt *port) Datagram(_ *loop.UDPPort, from netip.AddrPort, data []byte) {
 	}
 }
 
+// SendTransient carries a UDP WRITE of a driver on another replica to a
+// peer this replica heard last (loop.TransientOwner).
+func (pt *port) SendTransient(_ *loop.Channel, dport uint64, ip []byte, data []byte) {
+	pt.sendDatagram(nil, ip, dport, data)
+}
+
 // sendDatagram carries a UDP WRITE: one datagram from the port's own
 // socket. An unusable destination or a full socket buffer drops it
-// (counted); neither blocks the loop.
+// (counted); neither blocks the loop. d is the driver that sent it, nil
+// when it is on another replica (which checked the destination first).
 func (pt *port) sendDatagram(d *driver.Driver, ipText []byte, dport uint64, data []byte) {
 	k := pt.k
 	ip, err := netip.ParseAddr(string(ipText))
@@ -232,7 +242,7 @@ func (pt *port) sendDatagram(d *driver.Driver, ipText []byte, dport uint64, data
 	}
 	if !ok {
 		k.c.DatagramsOutDropped++
-		if !d.WarnedBadWrite {
+		if d != nil && !d.WarnedBadWrite {
 			d.WarnedBadWrite = true
 			k.hub.Log().Warn("ignoring UDP WRITE with an unusable destination", "peer", d.Conn.Peer, "port", pt.number,
 				"ip", string(ipText), "dest_port", dport)
