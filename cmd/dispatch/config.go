@@ -174,6 +174,7 @@ func newOptions() *options {
 	o.add("low-water", "", "DISPATCH_LOW_WATER", "unsent bytes below which it lets them go again; below --high-water", (*intValue)(&c.LowWater), below(&c.LowWater, &c.HighWater))
 	o.add("stall-timeout", "", "DISPATCH_STALL_TIMEOUT", "a driver or member held past --high-water that drains nothing this long is closed", (*durationValue)(&c.StallTimeout), positive(&c.StallTimeout))
 	o.add("peer-read-buffer", "", "DISPATCH_PEER_READ_BUFFER", "kernel receive buffer of device and group connections, bounding what a held-back peer leaves in the kernel; 0: the kernel's autotuning", (*intValue)(&c.PeerReadBuffer), atLeast(&c.PeerReadBuffer, 0))
+	o.add("read-size", "", "DISPATCH_READ_SIZE", "most bytes read from a socket at once (one buffer for the loop); a read from a device is one RECEIVED", (*intValue)(&c.ReadSize), inRange(&c.ReadSize, 4<<10, 16<<20))
 	o.add("coalesce", "", "DISPATCH_COALESCE", "longest nap of a lightly loaded loop after writing a pass, so reads arriving meanwhile share one write per driver; 0: never nap", (*durationValue)(&c.CoalesceBudget), inDurationRange(&c.CoalesceBudget, 0, 10*time.Millisecond))
 	o.add("max-ports", "", "DISPATCH_MAX_PORTS", "device ports open at once, TCP and UDP together; more are refused with 409", (*intValue)(&p.MaxPorts), atLeast(&p.MaxPorts, 1))
 	o.add("group-max-groups", "", "DISPATCH_GROUP_MAX_GROUPS", "TCP socket groups at once; a join that would open one more is refused", (*intValue)(&g.MaxGroups), atLeast(&g.MaxGroups, 1))

@@ -43,9 +43,10 @@
 //     callback to the caller. "Every write" means Write, Writev, Flush, output
 //     returned from OnOpen, and the completion callback of AsyncWrite/
 //     AsyncWritev. The drain case is caught by the next OnTraffic: the
-//     overshoot is at most one read (ReadBufferCap, 64 KiB by default) each
-//     time gnet turns reading back on. The cheap form of this rule, from the
-//     same lines: in level-triggered mode gnet touches the mask only when
+//     overshoot is at most one read (gnet's ReadBufferCap, the server's
+//     --read-size) each time gnet turns reading back on. The cheap form
+//     of this rule, from the same lines: in level-triggered mode gnet
+//     touches the mask only when
 //     OutboundBuffered() crosses zero. A write that finds output already
 //     buffered just appends (connection_unix.go:149-152), and one that is
 //     sent whole changes nothing, so a re-Pause is needed only after a write
