@@ -35,9 +35,11 @@ type Config struct {
 	PeerReadBuffer   int           // SO_RCVBUF of raw TCP peers (0: the kernel's autotuning)
 	CoalesceBudget   time.Duration // longest nap of a lightly loaded loop, batching reads (0: never nap)
 	// ReadSize is the most one read takes from a socket: gnet's read
-	// buffer, one for the loop, so a large one costs nothing per
-	// connection. 1 MiB rather than gnet's 64 KiB: a bulk stream then
-	// needs about a sixth of the reads and writes (bench/results/readsize.md).
+	// buffer, one for the loop, so a large one costs no memory per
+	// connection. A bulk stream needs fewer reads and writes with a larger
+	// one, but one read's worth is queued to every reader in one pass, so
+	// the default stays 64 KiB, below the bounds of endpoints that drop
+	// when full (bench/results/readsize.md).
 	ReadSize int
 
 	Logger *slog.Logger
@@ -54,7 +56,7 @@ func DefaultConfig() Config {
 		HighWater:        1 << 20,
 		LowWater:         256 << 10,
 		StallTimeout:     10 * time.Second,
-		ReadSize:         1 << 20,
+		ReadSize:         64 << 10,
 	}
 }
 
