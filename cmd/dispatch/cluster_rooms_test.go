@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"syscall"
 	"testing"
 
 	"github.com/placeos-gnet/dispatch/internal/testkit"
@@ -249,4 +250,33 @@ func TestClusterRoomsPlacerGone(t *testing.T) {
 	}
 	ca.Expect(t, `{"still":"here"}`)
 	cb.Expect(t, `{"still":"here"}`)
+}
+
+// The placer stopped (SIGSTOP: alive to the network, silent): a client of
+// a new room waits for the placer's answer until the bus gives up, and its
+// replica then places the room itself; what the client sent meanwhile
+// follows its join. A client that sends more than the balancer holds
+// before the join is closed with 1013 to retry.
+func TestClusterRoomsPlacerSilent(t *testing.T) {
+	t.Parallel()
+	rc := startRoomsCluster(t, 2)
+	order := rc.byNode(t)
+	placer, other := order[0], order[1]
+	if err := rc.c.Replicas[placer].Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rc.c.Replicas[placer].Signal(syscall.SIGCONT) })
+
+	eager := testkit.DialRoom(t, rc.addrs[other], "eager")
+	eager.Auth(t, "t")
+	for i := range 17 {
+		eager.SendText(t, fmt.Sprintf(`{"n":%d}`, i))
+	}
+	early := []string{`{"early":1}`, `{"early":2}`, `{"early":3}`}
+	rc.join(t, other, "patient", early...) // joins once the question has gone unanswered
+	eager.ExpectClose(t, 1013)
+
+	metrics := rc.c.Replicas[other].MetricsAddr(t)
+	testkit.ExpectMetricAtLeast(t, metrics, 1, "dispatch_rooms_placer_asks_total", "outcome", "unanswered")
+	testkit.ExpectMetric(t, metrics, 1, "dispatch_rooms_client_messages_total", "outcome", "refused_before_join")
 }
