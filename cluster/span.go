@@ -263,18 +263,13 @@ func (b *Bus) nodeSubject(node uint16) string {
 }
 
 // interestOf is what this replica wants of the channel now: the union of
-// its upstreams' filters, and whether it has members that hear the others.
-// Watchers are not interest: they look on at the channel as this replica
-// has it, and must not make another replica admit a member (a watcher
-// admits nobody) or keep a port open.
+// its upstreams' filters (watchers are none: EachLocalUpstream leaves
+// them out), and whether it has members that hear the others.
 func (sp *span) interestOf() (uint8, string) {
 	var flags uint8
 	var parts []string
 	all := false
 	sp.ch.EachLocalUpstream(func(u *loop.Upstream) {
-		if u.Watcher {
-			return
-		}
 		flags |= InterestUpstreams
 		s, ok := u.Filter.(interface{ String() string })
 		switch {
