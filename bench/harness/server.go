@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -15,9 +14,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/placeos-gnet/dispatch/internal/freeport"
 )
 
 // ServerOpts says how to start bin/dispatch.
@@ -61,45 +61,25 @@ var (
 	listenerRe   = regexp.MustCompile(`msg="http listening" name=(\S+) addr=(\S+)`)
 )
 
-var devPortNext atomic.Int64
-
-func init() { devPortNext.Store(20000 + rand.Int64N(10000)) }
-
-// devicePort picks a port for a device listener. The server binds device
-// ports on all interfaces, so a port inside ip_local_port_range could clash
-// with one of the harness's own client sockets (or their TIME_WAIT remains);
-// device ports are therefore taken from 20000–32767, below the usual
-// ephemeral range, checked free for both TCP and UDP on the wildcard address.
+// devicePort picks a port for a device listener, free for both TCP and
+// UDP on the wildcard address (the server binds device ports on all
+// interfaces), below the ephemeral range where the harness's own client
+// sockets could take it first (freeport).
 func devicePort() (int, error) {
-	for i := 0; i < 2000; i++ {
-		p := int(devPortNext.Add(1))
-		if p > 32767 {
-			devPortNext.Store(20000)
-			continue
-		}
-		ln, err := net.Listen("tcp", ":"+strconv.Itoa(p))
+	for range 100 {
+		p, err := freeport.Pick("tcp")
 		if err != nil {
-			continue
+			return 0, err
 		}
-		pc, err := net.ListenPacket("udp", ":"+strconv.Itoa(p))
-		ln.Close()
-		if err != nil {
-			continue
+		if pc, err := net.ListenPacket("udp", ":"+strconv.Itoa(p)); err == nil {
+			pc.Close()
+			return p, nil
 		}
-		pc.Close()
-		return p, nil
 	}
-	return 0, fmt.Errorf("no free device port in 20000-32767")
+	return 0, fmt.Errorf("no port free for both TCP and UDP")
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return freeport.Pick("tcp") }
 
 // StartServer starts the server (under taskset when pinned) with -p 0 and
 // waits for its "listening" line.
