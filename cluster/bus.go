@@ -282,10 +282,15 @@ func (b *Bus) startEmbedded() (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
+	lastErr := &lastNATSError{}
+	ns.SetLogger(lastErr, false, false)
 	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		ns.Shutdown()
-		return nil, errors.New("embedded NATS: not ready within 10s")
+	deadline := time.Now().Add(10 * time.Second)
+	for !ns.ReadyForConnections(100 * time.Millisecond) {
+		if msg, fatal := lastErr.get(); fatal || time.Now().After(deadline) {
+			ns.Shutdown()
+			return nil, fmt.Errorf("embedded NATS did not start (its last error: %s)", msg)
+		}
 	}
 	b.log.Info("embedded NATS started", "route", b.cfg.Route, "peers", len(routes))
 	if len(routes) > 0 {
@@ -675,3 +680,36 @@ func parseIP(b []byte) netip.Addr {
 	ip, _ := netip.ParseAddr(string(b))
 	return ip
 }
+
+// lastNATSError keeps the embedded server's last error, to say why it did
+// not start (a route port taken, say); a fatal one ends the wait at once.
+// Its other lines are dropped: a peer that is down makes it log a failed
+// route connection every second.
+type lastNATSError struct {
+	mu    sync.Mutex
+	msg   string
+	fatal bool
+}
+
+func (l *lastNATSError) set(fatal bool, format string, v ...any) {
+	l.mu.Lock()
+	l.msg = fmt.Sprintf(format, v...)
+	l.fatal = l.fatal || fatal
+	l.mu.Unlock()
+}
+
+func (l *lastNATSError) get() (string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.msg == "" {
+		return "none", l.fatal
+	}
+	return l.msg, l.fatal
+}
+
+func (l *lastNATSError) Errorf(format string, v ...any) { l.set(false, format, v...) }
+func (l *lastNATSError) Fatalf(format string, v ...any) { l.set(true, format, v...) }
+func (l *lastNATSError) Noticef(string, ...any)         {}
+func (l *lastNATSError) Warnf(string, ...any)           {}
+func (l *lastNATSError) Debugf(string, ...any)          {}
+func (l *lastNATSError) Tracef(string, ...any)          {}

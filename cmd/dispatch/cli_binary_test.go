@@ -91,6 +91,20 @@ func TestCommandLineThroughTheBinary(t *testing.T) {
 		expectNeverReady(t, r)
 	})
 
+	t.Run("a busy cluster route address fails the start, saying why", func(t *testing.T) {
+		t.Parallel()
+		busy, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer busy.Close()
+		r := runToExit(t, bin, "-p", "0", "--cluster-embedded", "--cluster-route", busy.Addr().String())
+		if r.code != 1 || !strings.Contains(r.stderr, "cannot join the cluster") || !strings.Contains(r.stderr, "address already in use") {
+			t.Errorf("exit %d, stderr:\n%s\nwant 1, naming the route port in use", r.code, r.stderr)
+		}
+		expectNeverReady(t, r)
+	})
+
 	t.Run("metrics are bound before the ready line and served after it", func(t *testing.T) {
 		t.Parallel()
 		p := startBinary(t, bin, "-p", "0", "--metrics", "127.0.0.1:0")
